@@ -1,0 +1,117 @@
+"""The `adaptune` command line.
+
+    adaptune train RECIPE.yaml [key=value ...]     fine-tune an adapter or train a resolution policy
+    adaptune eval RUN_DIR|ADAPTER [key=value ...]  evaluate a run or an adapter folder
+    adaptune info [--json]                         model families, adapter methods, rewards, judges, tasks
+    adaptune demo                                  the quickstart (what `make demo` runs)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from typing import Any
+
+
+def _registries() -> dict[str, Any]:
+    import adaptune  # noqa: F401  (registers everything)
+    from adaptune.registry import FAMILIES, JUDGES, METHODS, REWARDS, TASKS
+
+    return {
+        "model_families": {n: s.to_dict() for n, s in FAMILIES.items()},
+        "adapter_methods": {"lora": {"families": "all", "description": "PEFT LoRA (built in)"},
+                            **{n: {"families": list(i.families), "description": i.description,
+                                   "mergeable": i.mergeable} for n, i in METHODS.items()}},
+        "rewards": {n: (getattr(r, "__doc__", "") or "").strip().split("\n")[0] for n, r in REWARDS.items()},
+        "judges": {n: (getattr(j, "__doc__", "") or "").strip().split("\n")[0] for n, j in JUDGES.items()},
+        "tasks": {n: getattr(t, "description", "") for n, t in TASKS.items()},
+    }
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    info = _registries()
+    if args.json:
+        print(json.dumps(info, indent=2, default=str))
+        return 0
+    for section, items in info.items():
+        print(f"{section}:")
+        for name, value in items.items():
+            desc = value.get("description", "") if isinstance(value, dict) else value
+            print(f"  {name:<16} {desc}")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from adaptune.config import load_recipe
+    from adaptune.train import run_recipe
+
+    recipe = load_recipe(args.recipe, args.overrides)
+    run_dir = run_recipe(recipe)
+    print(f"run finished: {run_dir}\n  report: {run_dir / 'report.md'}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from adaptune.demo import run_demo
+
+    run_demo(args.out)
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from adaptune.eval import evaluate_command
+
+    return evaluate_command(args.targets, args.overrides)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="adaptune", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("train", help="run a training recipe")
+    p.add_argument("recipe")
+    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. training.max_steps=10")
+    p.set_defaults(func=cmd_train)
+    p = sub.add_parser("eval", help="evaluate run directories or adapter folders")
+    p.add_argument("targets", nargs="+", help="run directories / adapter folders, then key=value overrides")
+    p.set_defaults(func=cmd_eval, overrides=[])
+    p = sub.add_parser("demo", help="the quickstart on the embedded default (what `make demo` runs)")
+    p.add_argument("--out", default="runs/demo")
+    p.set_defaults(func=cmd_demo)
+    p = sub.add_parser("info", help="list families, methods, rewards, judges and tasks")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_info)
+    for extra in _extra_commands():
+        extra(sub)
+    args = parser.parse_args(argv)
+    if args.command == "eval":
+        args.overrides = [t for t in args.targets if "=" in t]
+        args.targets = [t for t in args.targets if "=" not in t]
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    from adaptune.config import RecipeError
+    from adaptune.models import ModelLoadError, UnsupportedModelError
+    from adaptune.train.rundir import RunDirError
+
+    try:
+        return args.func(args)
+    except (RecipeError, ModelLoadError, UnsupportedModelError, RunDirError, FileNotFoundError) as exc:
+        print(f"adaptune {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _extra_commands() -> list[Any]:
+    """Subcommands contributed by other modules (`add_parser(subparsers)` functions)."""
+    commands = []
+    for module, attr in (("adaptune.default", "add_cli"), ("adaptune.rl.labeling", "add_cli")):
+        try:
+            mod = __import__(module, fromlist=[attr])
+        except ImportError:
+            continue
+        if hasattr(mod, attr):
+            commands.append(getattr(mod, attr))
+    return commands
+
+
+if __name__ == "__main__":
+    sys.exit(main())

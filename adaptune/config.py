@@ -1,0 +1,182 @@
+"""Recipes: plain YAML validated against typed dataclasses (OmegaConf structured configs).
+
+A recipe says which model to load, which task to train on, which adapter to attach and how to train:
+
+    name: qwen3_vl-glyphqa-lora
+    model: {source: default}
+    task: {name: vqa_sft, params: {dataset: glyphqa, num_train: 2000}}
+    adapter: {method: lora, params: {r: 8}}
+    training: {max_steps: 200, batch_size: 16, learning_rate: 1e-3}
+
+Each component validates its own section (`task.params` against the task's `Params`, `adapter.params` against the
+PEFT config class), so unknown keys and wrong types fail before any work, naming the key path and the file.
+`load_recipe(path, ["training.max_steps=10"])` applies command-line overrides on top.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+
+class RecipeError(ValueError):
+    """A recipe that cannot be used; the message names the file and the key."""
+
+
+@dataclass
+class ModelSection:
+    source: str = "default"
+    """"default" (the embedded GlyphQA VLM), "tiny:<family>", a local folder, or a hub id."""
+    family: str | None = None
+    quantization: str | None = None
+    """None, "nf4" or "int8" (bitsandbytes); the vision tower and replaced modules stay in full precision."""
+    dtype: str | None = None
+    trust_remote_code: bool = False
+    seed: int = 0
+
+
+@dataclass
+class TaskSection:
+    name: str = MISSING
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class AdapterSection:
+    method: str = "lora"
+    """"lora", any registered adaptune method (see `adaptune info`), or "none" (train nothing; evaluate only)."""
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class TrainingSection:
+    max_steps: int = 100
+    batch_size: int = 8
+    grad_accum: int = 1
+    learning_rate: float = 1e-3
+    weight_decay: float = 0.0
+    lr_scheduler: str = "cosine"
+    warmup: float = 0.0
+    """Warm-up steps (an int) or a fraction of max_steps (a float below 1)."""
+    max_grad_norm: float = 1.0
+    logging_steps: int = 5
+    save_steps: int = 50
+    save_total_limit: int = 2
+    eval_steps: int = 0
+    """Evaluate every `eval_steps` steps during training (0: only at the end)."""
+    eval_limit: int | None = 200
+    seed: int = 0
+    bf16: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+    """More `transformers.TrainingArguments` fields (validated against that class)."""
+
+
+@dataclass
+class OutputSection:
+    dir: str | None = None
+    """The run directory; `runs/<name>` when unset."""
+    overwrite: bool = False
+
+
+@dataclass
+class Recipe:
+    name: str = MISSING
+    description: str = ""
+    kind: str = "adapter"
+    """"adapter" (supervised/self-supervised adapter training) or "grpo" (a resolution policy with TRL GRPO)."""
+    model: ModelSection = field(default_factory=ModelSection)
+    task: TaskSection = field(default_factory=TaskSection)
+    adapter: AdapterSection = field(default_factory=AdapterSection)
+    training: TrainingSection = field(default_factory=TrainingSection)
+    output: OutputSection = field(default_factory=OutputSection)
+    grpo: dict[str, Any] = field(default_factory=dict)
+    """The GRPO section (environment, rewards, judge, GRPOConfig fields), validated by `adaptune.rl`."""
+    resume: bool = False
+    source_file: str | None = None
+
+
+def _explain(exc: OmegaConfBaseException, where: str) -> RecipeError:
+    key = getattr(exc, "full_key", None) or getattr(exc, "key", None)
+    msg = str(exc).split("\n")[0]
+    return RecipeError(f"{where}: {'key ' + repr(key) + ': ' if key else ''}{msg}")
+
+
+def load_recipe(path: str | Path | None = None, overrides: list[str] | None = None,
+                data: dict[str, Any] | None = None) -> Recipe:
+    """Load and validate a recipe file (or a dict), apply `key=value` overrides, return a typed `Recipe`."""
+    schema = OmegaConf.structured(Recipe)
+    where = str(path) if path is not None else "<recipe>"
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise RecipeError(f"recipe file {where} does not exist")
+        try:
+            raw = OmegaConf.load(path)
+        except Exception as exc:  # yaml.YAMLError and friends
+            raise RecipeError(f"{where}: not valid YAML: {exc}") from None
+        if not isinstance(raw, DictConfig):
+            raise RecipeError(f"{where}: a recipe must be a mapping at the top level")
+    else:
+        raw = OmegaConf.create(data or {})
+    try:
+        merged = OmegaConf.merge(schema, raw)
+    except OmegaConfBaseException as exc:
+        raise _explain(exc, where) from None
+    for item in overrides or []:
+        if "=" not in item:
+            raise RecipeError(f"override {item!r} is not key=value")
+        try:
+            merged = OmegaConf.merge(merged, OmegaConf.from_dotlist([item]))
+        except OmegaConfBaseException as exc:
+            raise _explain(exc, f"{where} (override {item!r})") from None
+    try:
+        OmegaConf.resolve(merged)
+        recipe: Recipe = OmegaConf.to_object(merged)  # type: ignore[assignment]
+    except OmegaConfBaseException as exc:
+        raise _explain(exc, where) from None
+    recipe.source_file = where
+    return recipe
+
+
+def validate_params(params: dict[str, Any], schema: type, where: str) -> Any:
+    """Build `schema` (a dataclass) from `params`; unknown keys and wrong types name `where.<key>`."""
+    if not dataclasses.is_dataclass(schema):
+        raise TypeError(f"{schema!r} is not a dataclass")
+    known = {f.name for f in dataclasses.fields(schema) if f.init}
+    unknown = sorted(set(params) - known)
+    if unknown:
+        raise RecipeError(f"{where}.{unknown[0]}: unknown key (known: {', '.join(sorted(known))})")
+    values = {key: _check_type(schema, key, value, where) for key, value in params.items()}
+    try:
+        return schema(**values)
+    except (TypeError, ValueError) as exc:
+        raise RecipeError(f"{where}: {exc}") from None
+
+
+def _check_type(schema: type, key: str, value: Any, where: str) -> Any:
+    """Convert/check one value against the field's annotation (types OmegaConf cannot express pass through)."""
+    try:
+        hint = typing.get_type_hints(schema).get(key, Any)
+        probe = dataclasses.make_dataclass("Probe", [(key, typing.Optional[hint], dataclasses.field(default=None))])
+        structured = OmegaConf.structured(probe)
+    except Exception:
+        return value
+    try:
+        merged = OmegaConf.merge(structured, OmegaConf.create({key: value}))
+    except OmegaConfBaseException as exc:
+        raise RecipeError(f"{where}.{key}: {str(exc).splitlines()[0]}") from None
+    except Exception:
+        return value
+    return OmegaConf.to_container(merged, resolve=True)[key]
+
+
+def recipe_to_yaml(recipe: Recipe) -> str:
+    data = dataclasses.asdict(recipe)
+    data.pop("source_file", None)
+    return OmegaConf.to_yaml(OmegaConf.create(data))

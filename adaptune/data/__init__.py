@@ -1,0 +1,57 @@
+"""Synthetic data sets for adaptune: GlyphQA (resolution-sensitive VQA) and its companion sets.
+
+- `glyphqa`: shapes + one small digit on a patch centre; coarse questions answerable at half resolution, fine
+  (digit) questions only at full resolution. `generate_glyphqa`, `heldout_mix`, `half_resolution`.
+- `companions`: referring segmentation (`generate_refseg`), few-shot colour-shape classification
+  (`generate_fewshot`, `sample_k_shot`, `class_prompts`) and CLIP caption pairs (`generate_caption_pairs`).
+- `calibration`: full vs half resolution digit windows as a PNG figure for reports.
+- `shapes`, `glyphs`: the shared drawing kit (palette, geometry, seeding, fonts shipped with matplotlib).
+
+Build everything on disk with `python datasets/build_glyphqa.py --out DIR`.
+"""
+
+from adaptune.data.companions import (
+    DEFAULT_CLASSES,
+    SHOTS,
+    FewShotConfig,
+    RefSegConfig,
+    class_prompts,
+    generate_caption_pairs,
+    generate_fewshot,
+    generate_refseg,
+    sample_k_shot,
+)
+from adaptune.data.glyphqa import (
+    COARSE_QTYPES,
+    FINE_QTYPES,
+    QTYPES,
+    GlyphQAConfig,
+    build_split,
+    explode_questions,
+    generate_glyphqa,
+    heldout_mix,
+    make_sample,
+)
+from adaptune.data.glyphs import half_resolution
+
+__all__ = [
+    "COARSE_QTYPES",
+    "DEFAULT_CLASSES",
+    "FINE_QTYPES",
+    "QTYPES",
+    "SHOTS",
+    "FewShotConfig",
+    "GlyphQAConfig",
+    "RefSegConfig",
+    "build_split",
+    "class_prompts",
+    "explode_questions",
+    "generate_caption_pairs",
+    "generate_fewshot",
+    "generate_glyphqa",
+    "generate_refseg",
+    "half_resolution",
+    "heldout_mix",
+    "make_sample",
+    "sample_k_shot",
+]

@@ -1,0 +1,114 @@
+"""`adaptune eval`: accuracy against visual tokens, for one run or several side by side.
+
+    adaptune eval runs/a runs/b split=test limit=200 out=runs/compare
+
+Each target is a run directory (its `config.yaml` says how to rebuild model and task; its `adapter/` is loaded with
+`PeftModel.from_pretrained`). Writes `eval.json`, `eval.md` and `pareto.png` (accuracy vs mean visual tokens, the
+Pareto front drawn) into `out` (default: the single run's directory, or `runs/compare`).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..config import RecipeError, load_recipe
+from ..train.report import markdown_table
+from ..utils.io import atomic_write_json, atomic_write_text
+
+
+def _parse_overrides(overrides: list[str]) -> dict[str, str]:
+    known = {"split", "limit", "out", "resolution"}
+    parsed = {}
+    for item in overrides:
+        key, _, value = item.partition("=")
+        if key not in known:
+            raise RecipeError(f"eval: unknown option {key!r} (known: {', '.join(sorted(known))})")
+        parsed[key] = value
+    return parsed
+
+
+def evaluate_run(run_dir: Path, split: str = "test", limit: int | None = None,
+                 task_overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Rebuild a run's model, adapter and task from its folder and evaluate on `split`."""
+    from peft import PeftModel
+
+    from ..train.runner import load_for_recipe, make_task
+
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.yaml").exists():
+        raise FileNotFoundError(f"{run_dir} is not a run directory (no config.yaml)")
+    recipe = load_recipe(run_dir / "config.yaml")
+    recipe.task.params.update(task_overrides or {})
+    loaded = load_for_recipe(recipe)
+    model = loaded.model
+    if (run_dir / "adapter").exists():
+        model = PeftModel.from_pretrained(model, run_dir / "adapter").eval()
+    task = make_task(recipe, loaded)
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    t0 = time.perf_counter()
+    metrics = task.evaluate(model, split, limit)
+    metrics["eval_seconds"] = time.perf_counter() - t0
+    metrics["name"] = recipe.name
+    metrics["method"] = recipe.adapter.method
+    return metrics
+
+
+def pareto_front(points: list[tuple[float, float]]) -> list[int]:
+    """Indices of points not dominated (fewer tokens and higher accuracy is better), sorted by tokens."""
+    order = sorted(range(len(points)), key=lambda i: (points[i][0], -points[i][1]))
+    front, best = [], float("-inf")
+    for i in order:
+        if points[i][1] > best:
+            front.append(i)
+            best = points[i][1]
+    return front
+
+
+def plot_pareto(rows: list[dict[str, Any]], path: Path, title: str = "accuracy vs visual tokens") -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    pts = [(float(r.get("visual_tokens", 0)), float(r.get("accuracy", 0))) for r in rows]
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    for (x, y), r in zip(pts, rows):
+        ax.scatter([x], [y], s=30)
+        ax.annotate(str(r.get("name", "")), (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    front = pareto_front(pts)
+    ax.plot([pts[i][0] for i in front], [pts[i][1] for i in front], "k--", lw=1, label="Pareto front")
+    ax.set_xlabel("mean visual tokens per answer")
+    ax.set_ylabel("accuracy")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def write_comparison(rows: list[dict[str, Any]], out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / "eval.json", {"results": rows})
+    cols = ["name", "method", "accuracy", "visual_tokens", "latency_s", "n"]
+    cols += sorted({k for r in rows for k in r if k.startswith("accuracy/")})
+    atomic_write_text(out / "eval.md", "# Evaluation\n\n" + markdown_table(rows, cols) + "\n![pareto](pareto.png)\n")
+    plot_pareto(rows, out / "pareto.png")
+
+
+def evaluate_command(targets: list[str], overrides: list[str]) -> int:
+    opts = _parse_overrides(overrides)
+    limit = int(opts["limit"]) if "limit" in opts else None
+    task_overrides = {"resolution": opts["resolution"]} if "resolution" in opts else None
+    rows = [evaluate_run(Path(t), opts.get("split", "test"), limit, task_overrides) for t in targets]
+    out = Path(opts.get("out") or (targets[0] if len(targets) == 1 else "runs/compare"))
+    write_comparison(rows, out)
+    print(markdown_table(rows, ["name", "method", "accuracy", "visual_tokens", "n"]))
+    print(f"wrote {out / 'eval.json'}, {out / 'eval.md'}, {out / 'pareto.png'}")
+    return 0

@@ -1,0 +1,137 @@
+"""Load a model and its processor from a local folder, a hub id, a tiny spec, or the embedded default.
+
+    from adaptune.models import load_model
+    loaded = load_model("tiny:qwen3_vl")                   # seeded tiny model built in code
+    loaded = load_model("/path/to/saved/model")            # anything saved with save_pretrained
+    loaded = load_model("Qwen/Qwen3-VL-2B-Instruct", quantization="nf4")   # real checkpoints, the normal way
+    loaded.model, loaded.processor, loaded.family
+
+Remote code stays off unless asked for; quantized loading keeps the vision tower and the projector (and anything an
+adapter replaces) in full precision, with module names resolved through the family description.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+import transformers
+
+from .families import FamilySpec, UnsupportedModelError, build_tiny, detect_family, get_family
+from .processors import ImageOnlyQwen2_5_VLProcessor, ImageOnlyQwen3VLProcessor
+
+Quantization = Literal["nf4", "int8"] | None
+
+
+class ModelLoadError(RuntimeError):
+    """A model path or checkpoint that cannot be loaded, with a message that says why."""
+
+
+@dataclass
+class LoadedModel:
+    model: torch.nn.Module
+    processor: Any
+    family: FamilySpec
+    source: str
+
+
+def _looks_local(path: str) -> bool:
+    return path.startswith(("/", "./", "../", "~")) or os.sep in path.rstrip(os.sep) and Path(path).parts[0] in (
+        ".", "..") or Path(path).exists()
+
+
+def quantization_config(spec: FamilySpec, mode: Quantization, keep_full_precision: list[str] | None = None):
+    """A `BitsAndBytesConfig` that leaves the vision tower, projector and `keep_full_precision` unquantised."""
+    if mode is None:
+        return None
+    skip = [p for p in (spec.vision_path, spec.projector_path, "lm_head") if p] + list(keep_full_precision or [])
+    if mode == "nf4":
+        return transformers.BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.float32,
+            llm_int8_skip_modules=skip,
+        )
+    if mode == "int8":
+        return transformers.BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=skip)
+    raise ValueError(f"quantization must be 'nf4', 'int8' or None, got {mode!r}")
+
+
+def load_processor(path: str | Path, spec: FamilySpec, trust_remote_code: bool = False) -> Any:
+    """The processor saved next to a model; image-only Qwen processors when torchvision is missing."""
+    path = str(path)
+    if spec.name in ("qwen3_vl", "qwen2_5_vl"):
+        cls = ImageOnlyQwen3VLProcessor if spec.name == "qwen3_vl" else ImageOnlyQwen2_5_VLProcessor
+        saved = Path(path) / "processor_config.json"
+        if saved.exists() and cls.__name__ in saved.read_text():
+            return cls.from_pretrained(path)
+        try:
+            return transformers.AutoProcessor.from_pretrained(path, trust_remote_code=trust_remote_code)
+        except (AttributeError, ImportError, ValueError, TypeError):
+            return cls.from_pretrained(path)
+    if spec.kind == "encoder" and spec.name == "dinov2":
+        return transformers.AutoImageProcessor.from_pretrained(path, trust_remote_code=trust_remote_code)
+    return transformers.AutoProcessor.from_pretrained(path, trust_remote_code=trust_remote_code)
+
+
+def read_config(path: str, trust_remote_code: bool = False) -> dict[str, Any]:
+    local = Path(path)
+    if local.is_dir():
+        cfg = local / "config.json"
+        if not cfg.exists():
+            raise ModelLoadError(f"{path} has no config.json; is it a model folder saved with save_pretrained?")
+        try:
+            return json.loads(cfg.read_text())
+        except json.JSONDecodeError as exc:
+            raise ModelLoadError(f"{cfg} is not valid JSON: {exc}") from None
+    try:
+        return transformers.AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code).to_dict()
+    except OSError as exc:
+        raise ModelLoadError(
+            f"cannot load model {path!r}: not a local folder and not reachable on the hub ({exc.__class__.__name__})"
+        ) from None
+
+
+def load_model(
+    source: str | os.PathLike,
+    family: str | None = None,
+    quantization: Quantization = None,
+    dtype: torch.dtype | str | None = None,
+    keep_full_precision: list[str] | None = None,
+    trust_remote_code: bool = False,
+    seed: int = 0,
+    device_map: Any = None,
+) -> LoadedModel:
+    """Load `source` ("tiny:<family>", "default", a local folder or a hub id) with its processor and family spec."""
+    source = str(source)
+    if source.startswith("tiny:"):
+        name = source.split(":", 1)[1]
+        model, processor = build_tiny(name, seed=seed)
+        return LoadedModel(model, processor, get_family(name), source)
+    if source == "default":
+        from ..default import default_model_path
+
+        source = str(default_model_path())
+    if _looks_local(source) and not Path(source).expanduser().exists():
+        raise ModelLoadError(f"model path {source!r} does not exist")
+    source = str(Path(source).expanduser()) if Path(source).expanduser().exists() else source
+    config = read_config(source, trust_remote_code)
+    spec = get_family(family) if family else detect_family(config)
+    if family and config.get("model_type") not in spec.model_types:
+        raise UnsupportedModelError(
+            f"{source} has model_type {config.get('model_type')!r}, not a {family} model ({'/'.join(spec.model_types)})"
+        )
+    model_cls = getattr(transformers, spec.model_class)
+    kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
+    if dtype is not None:
+        kwargs["dtype"] = getattr(torch, dtype) if isinstance(dtype, str) else dtype
+    qcfg = quantization_config(spec, quantization, keep_full_precision)
+    if qcfg is not None:
+        kwargs["quantization_config"] = qcfg
+    if device_map is not None:
+        kwargs["device_map"] = device_map
+    model = model_cls.from_pretrained(source, **kwargs).eval()
+    processor = load_processor(source, spec, trust_remote_code)
+    return LoadedModel(model, processor, spec, source)

@@ -1,0 +1,6 @@
+"""Training tasks; each registers itself in `adaptune.TASKS` on import."""
+
+from . import vqa  # noqa: F401
+from .base import Task
+
+__all__ = ["Task"]

@@ -1,0 +1,180 @@
+"""`vqa_sft`: supervised fine-tuning of a VLM on (image, question, answer) rows, answer-only loss.
+
+The default data is GlyphQA (`adaptune.data.glyphqa`); any `datasets` folder saved with `save_to_disk` whose rows have
+`image`, `question`, `answer` (and optionally `kind`) works too (`dataset: /path/to/folder`). Evaluation generates
+greedily and reports accuracy overall and per question kind, plus the visual tokens each answer cost.
+
+    task: {name: vqa_sft, params: {dataset: glyphqa, num_train: 2000, resolution: full}}
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from PIL import Image
+
+from ..registry import TASKS
+from .base import Task
+
+_ANSWER_RE = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
+
+
+def extract_answer(text: str) -> str:
+    """The text inside the last <answer>...</answer>, or the whole text when there is no tag."""
+    found = _ANSWER_RE.findall(text)
+    return (found[-1] if found else text).strip()
+
+
+def normalize(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", " ", text.lower()).strip()
+
+
+def load_vqa_rows(dataset: str, split: str, n: int, seed: int) -> list[dict[str, Any]]:
+    """Rows with image/question/answer/kind from GlyphQA or a saved `datasets` folder."""
+    if dataset == "glyphqa":
+        from ..data.glyphqa import GlyphQAConfig, build_split
+
+        return build_split(GlyphQAConfig(seed=seed), split, num_images=n)
+    import datasets as hf_datasets
+
+    data = hf_datasets.load_from_disk(dataset)
+    if isinstance(data, hf_datasets.DatasetDict):
+        if split not in data:
+            raise ValueError(f"{dataset} has no split {split!r} (has {list(data)})")
+        data = data[split]
+    missing = {"image", "question", "answer"} - set(data.column_names)
+    if missing:
+        raise ValueError(f"{dataset}: rows lack columns {sorted(missing)}")
+    return data.select(range(min(n, len(data))))
+
+
+def take_rows(rows: Any, limit: int | None = None) -> list[dict[str, Any]]:
+    """The first `limit` rows of a list or a `datasets.Dataset`, as a list of dicts."""
+    n = len(rows) if limit is None else min(limit, len(rows))
+    return [rows[i] for i in range(n)]
+
+
+@dataclass
+class VQAParams:
+    dataset: str = "glyphqa"
+    num_train: int = 2000
+    num_eval: int = 200
+    resolution: str = "full"
+    """"full" or "half": the image size the model sees (half = width/2 x height/2, a quarter of the tokens)."""
+    answer_format: str = "tagged"
+    """"tagged": targets are `<think>...</think><answer>X</answer>`; "plain": the bare answer."""
+    max_new_tokens: int = 24
+    eval_batch_size: int = 16
+
+
+def resize_for(image: Image.Image, resolution: str) -> Image.Image:
+    image = image.convert("RGB")
+    if resolution == "half":
+        return image.resize((max(1, image.width // 2), max(1, image.height // 2)), Image.BILINEAR)
+    if resolution != "full":
+        raise ValueError(f"resolution must be 'full' or 'half', got {resolution!r}")
+    return image
+
+
+@TASKS.register("vqa_sft")
+class VQATask(Task):
+    Params = VQAParams
+    description = "VLM supervised fine-tuning on image/question/answer rows (GlyphQA by default)"
+
+    def build_datasets(self) -> dict[str, Any]:
+        p = self.params
+        return {
+            "train": load_vqa_rows(p.dataset, "train", p.num_train, self.seed),
+            "validation": load_vqa_rows(p.dataset, "validation", p.num_eval, self.seed),
+            "test": load_vqa_rows(p.dataset, "test", p.num_eval, self.seed),
+        }
+
+    # -- batching -------------------------------------------------------------------------------------------------
+    def _target(self, answer: str) -> str:
+        if self.params.answer_format == "plain":
+            return answer
+        return f"<think>I look at the image.</think><answer>{answer}</answer>"
+
+    def _prompt(self, question: str) -> str:
+        messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
+        return self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+
+    def collate(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
+        tok = self.processor.tokenizer
+        images = [resize_for(r["image"], self.params.resolution) for r in rows]
+        eos = tok.eos_token or ""
+        prompts = [self._prompt(r["question"]) for r in rows]
+        targets = [self._target(str(r["answer"])) + eos for r in rows]
+        tok.padding_side = "right"
+        batch = self.processor(images=images, text=[p + t for p, t in zip(prompts, targets)],
+                               return_tensors="pt", padding=True)
+        labels = torch.full_like(batch["input_ids"], -100)
+        for i, target in enumerate(targets):
+            n = len(tok(target, add_special_tokens=False).input_ids)
+            length = int(batch["attention_mask"][i].sum())
+            labels[i, length - n:length] = batch["input_ids"][i, length - n:length]
+        batch["labels"] = labels
+        return dict(batch)
+
+    def loss(self, model: torch.nn.Module, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
+        out = model(**batch)
+        return out.loss, {}
+
+    # -- evaluation -----------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def generate_answers(self, model: torch.nn.Module, rows: list[dict[str, Any]], resolution: str | None = None
+                         ) -> list[dict[str, Any]]:
+        """Greedy answers for `rows`, with the visual tokens each one cost."""
+        resolution = resolution or self.params.resolution
+        tok = self.processor.tokenizer
+        image_token_id = tok.convert_tokens_to_ids(self.loaded.family.image_token)
+        results = []
+        model.eval()
+        for start in range(0, len(rows), self.params.eval_batch_size):
+            chunk = rows[start:start + self.params.eval_batch_size]
+            tok.padding_side = "left"
+            batch = self.processor(images=[resize_for(r["image"], resolution) for r in chunk],
+                                   text=[self._prompt(r["question"]) for r in chunk], return_tensors="pt",
+                                   padding=True)
+            t0 = time.perf_counter()
+            out = model.generate(**batch, max_new_tokens=self.params.max_new_tokens, do_sample=False,
+                                 pad_token_id=tok.pad_token_id)
+            latency = (time.perf_counter() - t0) / len(chunk)
+            texts = tok.batch_decode(out[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
+            for row, text, ids in zip(chunk, texts, batch["input_ids"]):
+                answer = extract_answer(text)
+                results.append({
+                    "question": row["question"], "reference": str(row["answer"]), "prediction": answer,
+                    "raw": text, "kind": row.get("kind", "all"),
+                    "correct": normalize(answer) == normalize(str(row["answer"])),
+                    "visual_tokens": int((ids == image_token_id).sum()), "latency_s": latency,
+                })
+        return results
+
+    @torch.no_grad()
+    def evaluate(self, model: torch.nn.Module, split: str = "validation", limit: int | None = None) -> dict[str, Any]:
+        rows = take_rows(self.datasets()[split], limit)
+        return summarize(self.generate_answers(model, rows))
+
+
+def summarize(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """Accuracy overall and per kind, mean visual tokens and latency per answer."""
+    if not results:
+        return {"accuracy": float("nan"), "n": 0}
+    by_kind: dict[str, list[bool]] = defaultdict(list)
+    for r in results:
+        by_kind[r["kind"]].append(r["correct"])
+    summary = {
+        "accuracy": sum(r["correct"] for r in results) / len(results),
+        "visual_tokens": sum(r["visual_tokens"] for r in results) / len(results),
+        "latency_s": sum(r["latency_s"] for r in results) / len(results),
+        "n": len(results),
+    }
+    for kind, values in sorted(by_kind.items()):
+        summary[f"accuracy/{kind}"] = sum(values) / len(values)
+    return summary

@@ -1,0 +1,1 @@
+"""Small shared helpers (atomic file and folder writes, JSON lines)."""

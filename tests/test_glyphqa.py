@@ -1,0 +1,206 @@
+"""GlyphQA generator: determinism, labels, digit placement, half-resolution blur, config errors, build script.
+
+Run: .venv/bin/python -m pytest tests/test_glyphqa.py -q   (a few seconds on 2 CPU cores)
+"""
+
+from __future__ import annotations
+
+import runpy
+from dataclasses import replace
+from pathlib import Path
+
+import datasets
+import numpy as np
+import pytest
+from PIL import Image
+
+from adaptune.data import (
+    COARSE_QTYPES,
+    GlyphQAConfig,
+    build_split,
+    explode_questions,
+    generate_glyphqa,
+    half_resolution,
+    heldout_mix,
+)
+from adaptune.data.calibration import calibration, digit_crops, digit_separability
+from adaptune.data.glyphqa import POSITION_WORDS, render_scene, sample_scene
+from adaptune.data.glyphs import digit_extent
+from adaptune.data.shapes import COLORS, SHAPES, draw_shapes, rng_for, shape_mask
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def small_config(**overrides) -> GlyphQAConfig:
+    return GlyphQAConfig(**{"seed": 3, "num_images": 40, "num_validation": 8, "num_test": 8, **overrides})
+
+
+@pytest.fixture(scope="module")
+def train() -> datasets.Dataset:
+    return build_split(small_config(), "train")
+
+
+def _pixels(ds: datasets.Dataset) -> list[bytes]:
+    return [img.tobytes() for img in ds["image"]]
+
+
+def test_same_seed_gives_identical_bytes_and_rows(train):
+    again = build_split(small_config(), "train")
+    assert _pixels(again) == _pixels(train)
+    raw = datasets.Image(decode=False)
+    assert again.cast_column("image", raw)["image"] == train.cast_column("image", raw)["image"]  # same PNG bytes
+    assert again.remove_columns("image").to_list() == train.remove_columns("image").to_list()
+
+
+def test_different_seeds_and_splits_differ(train):
+    other_seed = build_split(small_config(seed=4), "train")
+    validation = build_split(small_config(), "validation")
+    assert not set(_pixels(train)) & set(_pixels(other_seed))
+    assert not set(_pixels(train)) & set(_pixels(validation))
+    assert len(set(train["id"])) == len(train)
+
+
+def test_generate_has_three_splits_and_omits_empty_ones():
+    dsd = generate_glyphqa(small_config(num_images=5, num_validation=0, num_test=3))
+    assert {k: len(v) for k, v in dsd.items()} == {"train": 5, "test": 3}
+    image = dsd["train"][0]["image"]
+    assert image.mode == "RGB" and image.size == (128, 128)
+
+
+def test_answers_match_kinds_and_vocabulary(train):
+    vocab = {
+        "count_total": {str(n) for n in range(1, 6)},
+        "count_color": {str(n) for n in range(0, 6)},
+        "color_of_shape": set(COLORS),
+        "shape_of_color": set(SHAPES),
+        "relative_position": set(POSITION_WORDS),
+    }
+    for row in train:
+        assert row["questions"][-1] == row["question"] or row["kind"] == "coarse"
+        assert row["question"] in row["questions"]
+        for answer, kind, qtype in zip(row["answers"], row["kinds"], row["qtypes"]):
+            if kind == "fine":
+                assert qtype == "digit" and answer in {str(d) for d in range(10)} and answer == str(row["digit"])
+            else:
+                assert kind == "coarse" and qtype in COARSE_QTYPES and answer in vocab[qtype], (qtype, answer)
+
+
+def test_answers_agree_with_objects(train):
+    for row in train:
+        objects = row["objects"]
+        colors = [o["color"] for o in objects]
+        kinds = [o["shape"] for o in objects]
+        by_name = {f"{o['color']} {o['shape']}": o for o in objects}
+        for question, answer, qtype in zip(row["questions"], row["answers"], row["qtypes"]):
+            words = question.rstrip("?").split()
+            if qtype == "count_total":
+                assert answer == str(len(objects))
+            elif qtype == "count_color":
+                assert answer == str(colors.count(words[2]))
+            elif qtype == "color_of_shape":
+                assert kinds.count(words[-1]) == 1 and colors[kinds.index(words[-1])] == answer
+            elif qtype == "shape_of_color":
+                assert colors.count(words[-2]) == 1 and kinds[colors.index(words[-2])] == answer
+            elif qtype == "relative_position":
+                first, second = by_name[" ".join(words[2:4])], by_name[" ".join(words[-2:])]
+                axis, sign = {"left": ("x", -1), "right": ("x", 1), "above": ("y", -1), "below": ("y", 1)}[answer]
+                assert sign * (first[axis] - second[axis]) >= 10
+        assert f"digit {row['digit']}" in row["caption"] and row["caption"].startswith(f"{len(objects)} shapes")
+
+
+def test_fine_fraction_is_exact_in_mix():
+    cfg = small_config(num_test=50)
+    mix = heldout_mix(cfg, fine_fraction=0.3)
+    assert mix["kind"].count("fine") == 15 and set(mix["qtype"]) > {"digit"}
+    test = build_split(cfg, "test", fine_fraction=0.3)
+    assert _pixels(mix) == _pixels(test)  # same held-out images, only the primary question changes
+
+
+def test_explode_gives_one_row_per_question(train):
+    flat = explode_questions(train.select(range(5)))
+    assert len(flat) == sum(len(q) for q in train.select(range(5))["questions"])
+    assert flat[0]["image"].tobytes() == train[0]["image"].tobytes()
+
+
+@pytest.mark.parametrize("index", range(30))
+def test_digit_is_centred_on_a_patch_centre_inside_the_biggest_shape(index):
+    cfg = small_config(shapes=("circle", "square", "triangle", "diamond", "star"))
+    scene = sample_scene(cfg, rng_for("glyphqa", cfg.seed, "train", index))
+    cx, cy = scene.digit_center
+    assert (cx - 8) % 16 == 0 and (cy - 8) % 16 == 0
+    with_digit = np.asarray(render_scene(scene, cfg), dtype=int)
+    without = np.asarray(draw_shapes(scene.shapes, cfg.image_size, scene.background), dtype=int)
+    ys, xs = np.nonzero(np.abs(with_digit - without).sum(axis=2))
+    assert abs((xs.min() + xs.max()) / 2 - cx) <= 0.5 and abs((ys.min() + ys.max()) / 2 - cy) <= 0.5
+    assert ys.max() - ys.min() + 1 <= cfg.digit_px
+    big = np.asarray(shape_mask(scene.shapes[0], cfg.image_size)) > 0
+    assert big[ys.min() - 1: ys.max() + 2, xs.min() - 1: xs.max() + 2].all()  # ink plus a 1 px rim inside the shape
+    assert scene.shapes[0].area > max(s.area for s in scene.shapes[1:]) if len(scene.shapes) > 1 else True
+
+
+def test_digit_is_blurred_at_half_resolution():
+    full7, half7 = digit_crops(small_config(digit_px=7))
+    full9, half9 = digit_crops(small_config(digit_px=9))
+    ratio7 = digit_separability(half7) / digit_separability(full7)
+    ratio9 = digit_separability(half9) / digit_separability(full9)
+    assert ratio7 < 0.6, ratio7  # the two closest digits lose most of their difference at half resolution
+    assert ratio9 > ratio7 + 0.1, (ratio7, ratio9)  # the calibrated 9 px digit keeps much more of it
+
+
+def test_half_resolution_is_a_box_mean():
+    pixels = np.random.default_rng(0).integers(0, 256, size=(8, 8, 3), dtype=np.uint8)
+    half = np.asarray(half_resolution(Image.fromarray(pixels)), dtype=float)
+    block_mean = pixels.reshape(4, 2, 4, 2, 3).mean(axis=(1, 3))
+    assert half.shape == (4, 4, 3) and np.abs(half - block_mean).max() <= 1.0
+    with pytest.raises(ValueError, match="not divisible"):
+        half_resolution(Image.new("RGB", (9, 9)))
+
+
+def test_calibration_returns_png(tmp_path):
+    png = calibration(small_config(), path=tmp_path / "cal.png")
+    assert png.startswith(b"\x89PNG") and (tmp_path / "cal.png").read_bytes() == png
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"num_images": 0}, "num_images=0: need at least one sample"),
+        ({"fine_fraction": -0.1}, "fine_fraction=-0.1: must be a fraction"),
+        ({"num_test": -1}, "num_test=-1: must be >= 0"),
+        ({"image_size": 100}, "multiple of patch_size=16"),
+        ({"digit_px": 15}, "too large for one 16 px patch"),
+        ({"digit_px": 2}, "too small to print"),
+        ({"digit_px": 12, "big_radius": (12.0, 14.0), "small_radius": (4.0, 6.0)}, "too large to fit inside a"),
+        ({"big_radius": (19.0, 60.0)}, "cannot sit on any patch centre"),
+        ({"big_radius": (10.0, 12.0)}, "must out-area every small_radius"),
+        ({"colors": ("red", "pink")}, "colors=('red', 'pink'): need distinct names"),
+        ({"min_shapes": 4, "max_shapes": 3}, "min_shapes <= max_shapes"),
+        ({"font": "Comic.ttf"}, "shipped fonts: DejaVuSans"),
+    ],
+)
+def test_impossible_configs_raise_clear_errors(overrides, message):
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        small_config(**overrides)
+
+
+def test_split_size_errors_are_clear():
+    with pytest.raises(ValueError, match="fine_fraction must be a fraction"):
+        build_split(small_config(), "train", fine_fraction=1.5)
+    with pytest.raises(ValueError, match="needs num_images >= 1"):
+        build_split(small_config(), "holdout")
+
+
+def test_digit_size_is_configurable():
+    assert digit_extent(9)[1] == 9 and digit_extent(7)[1] == 7
+    assert replace(small_config(), digit_px=9).digit_px == 9
+
+
+def test_build_script_is_not_a_package_and_builds(tmp_path):
+    assert not (REPO / "datasets" / "__init__.py").exists()
+    script = runpy.run_path(str(REPO / "datasets" / "build_glyphqa.py"), run_name="build_glyphqa")
+    script["main"](["--out", str(tmp_path), "--num-images", "6", "--num-validation", "2", "--num-test", "4",
+                    "--only", "glyphqa"])
+    loaded = datasets.load_from_disk(str(tmp_path / "glyphqa"))
+    assert {k: len(v) for k, v in loaded.items()} == {"train": 6, "validation": 2, "test": 4}
+    assert len(datasets.load_from_disk(str(tmp_path / "glyphqa_mix"))) == 4
+    assert (tmp_path / "glyphqa_calibration.png").exists()

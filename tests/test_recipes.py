@@ -1,0 +1,74 @@
+"""Recipes: typed validation with errors that name the key and the file; every shipped recipe validates."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+import adaptune
+from adaptune.config import RecipeError, load_recipe, validate_params
+from adaptune.registry import TASKS
+
+RECIPES = sorted(p for p in (Path(__file__).parent.parent / "recipes").rglob("*.yaml") if "accelerate" not in p.parts)
+
+
+def write(tmp_path, text: str) -> Path:
+    path = tmp_path / "recipe.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_unknown_key_names_key_and_file(tmp_path):
+    path = write(tmp_path, "name: x\ntask: {name: vqa_sft}\ntraining: {batch_sizee: 3}\n")
+    with pytest.raises(RecipeError, match=r"recipe\.yaml.*training\.batch_sizee"):
+        load_recipe(path)
+
+
+def test_wrong_type_names_key(tmp_path):
+    path = write(tmp_path, "name: x\ntask: {name: vqa_sft}\ntraining: {max_steps: five}\n")
+    with pytest.raises(RecipeError, match=r"training\.max_steps"):
+        load_recipe(path)
+
+
+def test_missing_required_field(tmp_path):
+    with pytest.raises(RecipeError, match=r"recipe\.yaml.*name"):
+        load_recipe(write(tmp_path, "task: {name: vqa_sft}\n"))
+
+
+def test_bad_yaml_and_missing_file(tmp_path):
+    with pytest.raises(RecipeError, match="not valid YAML"):
+        load_recipe(write(tmp_path, "name: [unclosed\n"))
+    with pytest.raises(RecipeError, match="does not exist"):
+        load_recipe(tmp_path / "nope.yaml")
+
+
+def test_overrides_apply_and_are_checked(tmp_path):
+    path = write(tmp_path, "name: x\ntask: {name: vqa_sft}\n")
+    recipe = load_recipe(path, ["training.max_steps=7", "adapter.params.r=4"])
+    assert recipe.training.max_steps == 7 and recipe.adapter.params == {"r": 4}
+    with pytest.raises(RecipeError, match=r"override.*training\.max_stepz"):
+        load_recipe(path, ["training.max_stepz=7"])
+    with pytest.raises(RecipeError, match="key=value"):
+        load_recipe(path, ["training.max_steps"])
+
+
+def test_component_params_validated_by_their_own_schema():
+    from peft import LoraConfig
+
+    assert validate_params({"r": 4}, LoraConfig, "adapter.params").r == 4
+    with pytest.raises(RecipeError, match=r"adapter\.params\.rank: unknown key"):
+        validate_params({"rank": 4}, LoraConfig, "adapter.params")
+    with pytest.raises(RecipeError, match=r"adapter\.params\.r: .*Integer"):
+        validate_params({"r": "four"}, LoraConfig, "adapter.params")
+    with pytest.raises(RecipeError, match=r"task\.params\.num_trian"):
+        validate_params({"num_trian": 4}, TASKS.get("vqa_sft").Params, "task.params")
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=[str(p.relative_to(p.parents[2])) for p in RECIPES])
+def test_shipped_recipes_validate(path):
+    recipe = load_recipe(path)
+    assert recipe.name
+    if recipe.kind == "adapter":
+        validate_params(recipe.task.params, TASKS.get(recipe.task.name).Params, "task.params")
+        assert recipe.adapter.method in {"lora", "none", *adaptune.METHODS}
