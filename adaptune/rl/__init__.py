@@ -1,0 +1,1 @@
+"""Reinforcement learning pieces: rollout environments, rewards and LLM-as-judge backends."""

@@ -1,0 +1,329 @@
+"""VisionThink rewards as TRL reward functions: accuracy (via a judge), format, resolution penalty, and their sum.
+
+Why: VisionThink teaches a VLM to answer from a half-resolution image or call `resize_image` for the full one. The
+reward is `accuracy + 0.5 * format - penalty`, where the penalty compares, within each group of rollouts of one
+prompt, how many correct answers came without vs. after resizing (METHODS.md section 5).
+
+How: each reward is a plain callable `f(prompts, completions, **kwargs) -> list[float | None]`, the calling
+convention of `trl.GRPOTrainer` 1.16, which passes `prompts`, `completions` (strings, or message lists that include
+the tool-call and tool-response turns), `completion_ids`, every dataset column, `trainer_state`, `log_extra`,
+`log_metric` and, with `environment_factory`, `environments`. Rewards with parameters are factories; those that call
+a judge are `async` (TRL runs them on its event loop; elsewhere use `asyncio.run`). All are registered in
+`adaptune.registry.REWARDS` as factories: `REWARDS.get("visionthink")(judge="rule", num_generations=8)`.
+
+Failures: a group in which any judge verdict failed (after the judge's own failure policy) gets `None` for every
+completion; TRL turns that into NaN, leaves it out of the group baseline and gives it zero advantage.
+Zero-variance groups: TRL 1.16 does NOT drop groups whose reward std is ~0 (no DAPO-style dynamic sampling); their
+advantages are exactly 0, so they add no policy gradient but still count in the loss normaliser. We log the share of
+such groups as `visionthink/zero_std_groups` instead of filtering.
+
+    >>> import asyncio
+    >>> reward = make_visionthink_reward(judge="rule", num_generations=2)
+    >>> asyncio.run(reward(prompts=["q", "q"], completions=[
+    ...     "<think>clear</think><answer>4</answer>", "<think>hm</think><answer>5</answer>"], answer=["4", "4"]))
+    [1.5, 0.5]
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from adaptune.registry import REWARDS
+
+from .answers import RESIZE_ARGUMENTS, RESIZE_TOOL, check_format, count_tool_calls, extract_answer
+from .judges import Judge, JudgeItem, build_judge
+
+RewardFn = Callable[..., Any]
+Variant = Literal["paper", "official"]
+
+
+@dataclass(frozen=True)
+class PenaltyConfig:
+    """The group-level resolution penalty.
+
+    r = C_direct / (C_direct + C_high) counts the CORRECT answers of a group given at low resolution (no resize) and
+    after resizing.
+    - `paper` (default): P = weight * [direct * 1(r < theta) + resized * 1(r >= theta)] for every rollout, correct or
+      not. When low resolution rarely suffices, answering directly is discouraged; otherwise resizing is.
+    - `official` (the released code): only correct answers are penalised, resized ones always and direct ones when
+      r < theta: P = weight * correct * [resized + direct * 1(r < theta)].
+    We default to `paper`: it is the method as published and analysed, and the official variant gives correct
+    direct and correct resized answers the same reward whenever r < theta, so it cannot push the policy towards the
+    resolution that works, while leaving wrong direct answers unpenalised.
+    When C_direct + C_high = 0 (no correct answer in the group), r is undefined: `undefined_ratio=None` (default)
+    applies no penalty - there is no evidence about which resolution suffices; a number is used as r instead
+    (0.0 encourages resizing after total failure).
+    """
+
+    weight: float = 0.1
+    theta: float = 0.2
+    variant: Variant = "paper"
+    undefined_ratio: float | None = None
+    correct_threshold: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.variant not in ("paper", "official"):
+            raise ValueError(f"variant must be 'paper' or 'official', got {self.variant!r}")
+        if not 0.0 <= self.theta <= 1.0:
+            raise ValueError(f"theta must be in [0, 1], got {self.theta}")
+
+
+def resolution_penalties(
+    correct: Sequence[bool], resized: Sequence[bool], config: PenaltyConfig = PenaltyConfig()
+) -> list[float]:
+    """Penalties for ONE group of rollouts.
+
+    >>> resolution_penalties([True, False, True, False], [False, False, True, True])  # r = 0.5 >= 0.2
+    [0.0, 0.0, 0.1, 0.1]
+    >>> resolution_penalties([False, True, True], [False, True, True])  # r = 0 < 0.2: direct is penalised
+    [0.1, 0.0, 0.0]
+    >>> resolution_penalties([False, True, True], [False, True, True], PenaltyConfig(variant="official"))
+    [0.0, 0.1, 0.1]
+    """
+    if len(correct) != len(resized):
+        raise ValueError("correct and resized must have the same length")
+    c_direct = sum(c and not r for c, r in zip(correct, resized, strict=True))
+    c_high = sum(c and r for c, r in zip(correct, resized, strict=True))
+    if c_direct + c_high == 0:
+        if config.undefined_ratio is None:
+            return [0.0] * len(correct)
+        ratio = config.undefined_ratio
+    else:
+        ratio = c_direct / (c_direct + c_high)
+    low = ratio < config.theta
+    out = []
+    for c, r in zip(correct, resized, strict=True):
+        # paper: every rollout of the disfavoured kind; official: correct ones only, resized always.
+        hit = ((not r and low) or (r and not low)) if config.variant == "paper" else (c and (r or low))
+        out.append(config.weight if hit else 0.0)
+    return out
+
+
+def group_slices(n: int, num_generations: int | None, prompts: Sequence[Any] | None = None) -> list[slice]:
+    """Split n completions into groups: chunks of `num_generations` when it divides n, else runs of equal prompts.
+
+    TRL puts the `num_generations` completions of a prompt next to each other. Under multi-process training a
+    process can hold part of a group: set the per-device generation batch to a multiple of `num_generations`.
+
+    >>> group_slices(4, 2)
+    [slice(0, 2, None), slice(2, 4, None)]
+    >>> group_slices(3, None, ["a", "a", "b"])
+    [slice(0, 2, None), slice(2, 3, None)]
+    """
+    if num_generations and n % num_generations == 0:
+        return [slice(i, i + num_generations) for i in range(0, n, num_generations)]
+    if prompts is None:
+        return [slice(0, n)]
+    slices, start = [], 0
+    for i in range(1, n + 1):
+        if i == n or prompts[i] != prompts[start]:
+            slices.append(slice(start, i))
+            start = i
+    return slices
+
+
+def _prompt_text(prompt: Any) -> str:
+    """The last user message of a conversational prompt (its text parts), or the prompt string itself."""
+    if isinstance(prompt, str):
+        return prompt
+    for message in reversed(list(prompt or [])):
+        if isinstance(message, Mapping) and message.get("role") == "user":
+            content = message.get("content")
+            if isinstance(content, str):
+                return content
+            parts = [p.get("text", "") for p in content or [] if isinstance(p, Mapping) and p.get("type") == "text"]
+            return "\n".join(parts)
+    return ""
+
+
+def _as_references(value: Any) -> str | list[str]:
+    if isinstance(value, (list, tuple)):
+        return [str(v) for v in value]
+    return "" if value is None else str(value)
+
+
+async def judge_completions(
+    judge: Judge,
+    completions: Sequence[Any],
+    prompts: Sequence[Any] | None,
+    kwargs: Mapping[str, Any],
+    question_key: str = "question",
+    reference_key: str = "answer",
+) -> list[float | None]:
+    """Scores of the extracted answers; no answer -> 0.0 without asking the judge; judge failure -> None."""
+    if reference_key not in kwargs:
+        raise KeyError(f"reward needs the reference column {reference_key!r}; columns: {sorted(kwargs)}")
+    references = kwargs[reference_key]
+    questions = kwargs.get(question_key) or [_prompt_text(p) for p in (prompts or [""] * len(completions))]
+    answers = [extract_answer(c) for c in completions]
+    todo = [i for i, a in enumerate(answers) if a]
+    items = [JudgeItem(str(questions[i]), _as_references(references[i]), answers[i] or "") for i in todo]
+    verdicts = await judge.score(items) if items else []
+    scores: list[float | None] = [0.0] * len(completions)
+    for i, verdict in zip(todo, verdicts, strict=True):
+        scores[i] = verdict.score
+    return scores
+
+
+def drop_failed_groups(scores: list[float | None], slices: Sequence[slice]) -> list[float | None]:
+    """None for every member of a group that contains a None (the judge failed on part of it)."""
+    out = list(scores)
+    for s in slices:
+        if any(v is None for v in out[s]):
+            out[s] = [None] * len(out[s])
+    return out
+
+
+def rollout_resized(completions: Sequence[Any], environments: Sequence[Any] | None, tool_name: str) -> list[bool]:
+    """Whether each rollout got the high-resolution image: `environments[i].resized` if present, else a tool call."""
+    flags = []
+    for i, completion in enumerate(completions):
+        env = environments[i] if environments is not None and i < len(environments) else None
+        if env is not None and hasattr(env, "resized"):
+            flags.append(bool(env.resized))
+        else:
+            flags.append(count_tool_calls(completion, tool_name) > 0)
+    return flags
+
+
+def _named(fn: RewardFn, name: str, **attrs: Any) -> RewardFn:
+    fn.__name__ = fn.__qualname__ = name
+    for key, value in attrs.items():
+        setattr(fn, key, value)
+    return fn
+
+
+@REWARDS.register("accuracy")
+def make_accuracy_reward(
+    judge: Any = None, question_key: str = "question", reference_key: str = "answer", drop_groups: bool = True,
+    num_generations: int | None = None,
+) -> RewardFn:
+    """Judge score of the final `<answer>` against the `reference_key` column (async; groups dropped on failure)."""
+    the_judge = build_judge(judge)
+
+    async def accuracy(prompts: Sequence[Any] | None = None, completions: Sequence[Any] = (), **kwargs: Any):
+        scores = await judge_completions(the_judge, completions, prompts, kwargs, question_key, reference_key)
+        if drop_groups:
+            scores = drop_failed_groups(scores, group_slices(len(completions), num_generations, prompts))
+        return scores
+
+    return _named(accuracy, "accuracy", judge=the_judge)
+
+
+@REWARDS.register("format")
+def make_format_reward(
+    tool_name: str = RESIZE_TOOL, tool_arguments: Mapping[str, Any] | None = RESIZE_ARGUMENTS, max_tool_calls: int = 1
+) -> RewardFn:
+    """1.0 when the whole rollout follows the VisionThink format (see `answers.check_format`), else 0.0."""
+
+    def format_reward(completions: Sequence[Any] = (), **kwargs: Any) -> list[float]:
+        return [float(check_format(c, tool_name, tool_arguments, max_tool_calls)) for c in completions]
+
+    return _named(format_reward, "format")
+
+
+@REWARDS.register("resolution_penalty")
+def make_resolution_penalty(
+    judge: Any = None, num_generations: int | None = None, penalty: PenaltyConfig | Mapping[str, Any] | None = None,
+    question_key: str = "question", reference_key: str = "answer", tool_name: str = RESIZE_TOOL,
+) -> RewardFn:
+    """The group penalty as a NEGATIVE reward (-P), for recipes that list the components separately."""
+    the_judge = build_judge(judge)
+    config = penalty if isinstance(penalty, PenaltyConfig) else PenaltyConfig(**dict(penalty or {}))
+
+    async def resolution_penalty(prompts: Sequence[Any] | None = None, completions: Sequence[Any] = (), **kwargs: Any):
+        scores = await judge_completions(the_judge, completions, prompts, kwargs, question_key, reference_key)
+        resized = rollout_resized(completions, kwargs.get("environments"), tool_name)
+        out: list[float | None] = [None] * len(completions)
+        for s in group_slices(len(completions), num_generations, prompts):
+            if any(v is None for v in scores[s]):
+                continue
+            correct = [v >= config.correct_threshold for v in scores[s]]  # type: ignore[operator]
+            out[s] = [-p for p in resolution_penalties(correct, resized[s], config)]
+        return out
+
+    return _named(resolution_penalty, "resolution_penalty", judge=the_judge, penalty=config)
+
+
+def _mean(values: Sequence[float | None]) -> float:
+    kept = [v for v in values if v is not None and not math.isnan(v)]
+    return sum(kept) / len(kept) if kept else float("nan")
+
+
+def _std(values: Sequence[float]) -> float:
+    mu = sum(values) / len(values)
+    return math.sqrt(sum((v - mu) ** 2 for v in values) / max(1, len(values) - 1))
+
+
+@REWARDS.register("visionthink")
+def make_visionthink_reward(
+    judge: Any = None,
+    num_generations: int | None = None,
+    format_weight: float = 0.5,
+    accuracy_weight: float = 1.0,
+    penalty: PenaltyConfig | Mapping[str, Any] | None = None,
+    question_key: str = "question",
+    reference_key: str = "answer",
+    tool_name: str = RESIZE_TOOL,
+    tool_arguments: Mapping[str, Any] | None = RESIZE_ARGUMENTS,
+    log_prefix: str = "visionthink",
+) -> RewardFn:
+    """accuracy_weight * accuracy + format_weight * format - penalty, one judge call per batch, with logging.
+
+    Logs through TRL's `log_metric` (when the trainer passes it): each component's mean, the resize rate, visual
+    tokens per sample (from `environments[i].visual_tokens`), dropped and zero-variance group shares and the judge's
+    counters for this batch; and per-sample columns through `log_extra`.
+    """
+    the_judge = build_judge(judge)
+    config = penalty if isinstance(penalty, PenaltyConfig) else PenaltyConfig(**dict(penalty or {}))
+    last_stats: dict[str, int] = {}
+
+    async def visionthink(prompts: Sequence[Any] | None = None, completions: Sequence[Any] = (), **kwargs: Any):
+        n = len(completions)
+        slices = group_slices(n, num_generations, prompts)
+        environments = kwargs.get("environments")
+        scores = await judge_completions(the_judge, completions, prompts, kwargs, question_key, reference_key)
+        scores = drop_failed_groups(scores, slices)
+        formats = [float(check_format(c, tool_name, tool_arguments)) for c in completions]
+        resized = rollout_resized(completions, environments, tool_name)
+        penalties: list[float | None] = [None] * n
+        rewards: list[float | None] = [None] * n
+        zero_std = 0
+        for s in slices:
+            if scores[s][0] is None:
+                continue
+            correct = [v >= config.correct_threshold for v in scores[s]]  # type: ignore[operator]
+            penalties[s] = resolution_penalties(correct, resized[s], config)
+            for i in range(s.start, s.stop):
+                rewards[i] = accuracy_weight * scores[i] + format_weight * formats[i] - penalties[i]  # type: ignore
+            zero_std += len(rewards[s]) > 1 and _std(rewards[s]) < 1e-4  # type: ignore[arg-type]
+        _log(kwargs, scores, formats, penalties, resized, environments, slices, zero_std)
+        return rewards
+
+    def _log(kwargs, scores, formats, penalties, resized, environments, slices, zero_std) -> None:
+        log_metric, log_extra = kwargs.get("log_metric"), kwargs.get("log_extra")
+        if callable(log_metric):
+            p = log_prefix
+            kept = len([s for s in slices if scores[s.start] is not None])
+            log_metric(f"{p}/accuracy", _mean(scores))
+            log_metric(f"{p}/format", _mean(formats))
+            log_metric(f"{p}/penalty", _mean(penalties))
+            log_metric(f"{p}/resize_rate", _mean([float(r) for r in resized]))
+            log_metric(f"{p}/dropped_groups", 1.0 - kept / max(1, len(slices)))
+            log_metric(f"{p}/zero_std_groups", zero_std / max(1, kept))
+            tokens = [getattr(e, "visual_tokens", None) for e in environments or []]
+            if any(isinstance(t, (int, float)) for t in tokens):
+                log_metric(f"{p}/visual_tokens", _mean([float(t) for t in tokens if isinstance(t, (int, float))]))
+            stats = the_judge.stats()
+            for key, value in stats.items():
+                log_metric(f"{p}/judge_{key}", float(value - last_stats.get(key, 0)))
+            last_stats.update(stats)
+        if callable(log_extra):
+            log_extra(f"{log_prefix}_accuracy", list(scores))
+            log_extra(f"{log_prefix}_format", list(formats))
+            log_extra(f"{log_prefix}_resized", [float(r) for r in resized])
+
+    return _named(visionthink, "visionthink", judge=the_judge, penalty=config)

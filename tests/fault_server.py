@@ -1,0 +1,150 @@
+"""A tiny fault-injecting OpenAI-compatible chat completions server for judge tests (stdlib only).
+
+It listens on 127.0.0.1 on an ephemeral port in a daemon thread. Each request takes the next mode from `script`
+(then `default`), so a test can say "two 429s, then a correct verdict" and assert what the client counted.
+
+Modes:
+    correct / incorrect   200 with a reasoning line and `VERDICT: CORRECT` / `VERDICT: INCORRECT`
+    grade                 200, CORRECT iff the quoted candidate equals the quoted reference (reads the prompt)
+    garbage               200 with text that is not a verdict ("Score: 1 ... correct")
+    echo                  200 whose content is the user message, unchanged
+    hang                  sleeps `hang_s` before answering (longer than the client's timeout)
+    429 / 429:N           HTTP 429 without / with `Retry-After: N`
+    503:N, 500            HTTP 503 with Retry-After N, HTTP 500
+    truncated             200 with a cut-off JSON body
+
+    with FaultServer(script=["429:1", "correct"]) as server:
+        ... OpenAIJudgeConfig(base_url=server.base_url, ...)
+        server.modes_served  # ["429:1", "correct"]
+
+`closed_port()` returns a port with nothing listening (connection refused).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+import threading
+from collections import deque
+from collections.abc import Iterable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+
+def closed_port() -> int:
+    """A local port nobody listens on (bind, read the number, close)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _quoted(prompt: str, label: str) -> str | None:
+    match = re.search(rf"^BEGIN {label}\n((?:\| .*\n?)*)END {label}$", prompt, re.MULTILINE)
+    if match is None:
+        return None
+    return "\n".join(line[2:] for line in match.group(1).rstrip("\n").split("\n"))
+
+
+def _completion(content: str) -> bytes:
+    body = {
+        "id": "chatcmpl-test",
+        "object": "chat.completion",
+        "model": "fault-server",
+        "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": content}}],
+    }
+    return json.dumps(body).encode()
+
+
+class FaultServer:
+    """Context manager running the server; records modes served and request headers/bodies."""
+
+    def __init__(self, script: Iterable[str] = (), default: str = "correct", hang_s: float = 3.0) -> None:
+        self.script: deque[str] = deque(script)
+        self.default, self.hang_s = default, hang_s
+        self.modes_served: list[str] = []
+        self.requests: list[dict[str, Any]] = []
+        self.in_flight = self.max_in_flight = 0
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self._httpd.daemon_threads = True
+        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self._httpd.server_address[1]}/v1"
+
+    def _next_mode(self) -> str:
+        with self._lock:
+            mode = self.script.popleft() if self.script else self.default
+            self.modes_served.append(mode)
+            return mode
+
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: Any) -> None:  # keep test output quiet
+                pass
+
+            def _send(self, status: int, body: bytes, headers: dict[str, str] | None = None) -> None:
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.send_header("Connection", "close")
+                for key, value in (headers or {}).items():
+                    self.send_header(key, value)
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_POST(self) -> None:  # noqa: N802 - http.server naming
+                length = int(self.headers.get("Content-Length", 0))
+                payload = json.loads(self.rfile.read(length) or b"{}")
+                with server._lock:
+                    server.requests.append({"path": self.path, "headers": dict(self.headers), "body": payload})
+                    server.in_flight += 1
+                    server.max_in_flight = max(server.max_in_flight, server.in_flight)
+                try:
+                    self._respond(payload)
+                finally:
+                    with server._lock:
+                        server.in_flight -= 1
+
+            def _respond(self, payload: dict[str, Any]) -> None:
+                mode = server._next_mode()
+                user = next((m["content"] for m in payload.get("messages", []) if m.get("role") == "user"), "")
+                if mode == "hang":
+                    server._stop.wait(server.hang_s)
+                    mode = "correct"
+                name, _, arg = mode.partition(":")
+                if name in ("429", "503", "500"):
+                    headers = {"Retry-After": arg} if arg else {}
+                    self._send(int(name), b'{"error": {"message": "injected"}}', headers)
+                elif name == "truncated":
+                    self._send(200, _completion("fine\nVERDICT: CORRECT")[:40])
+                elif name == "garbage":
+                    self._send(200, _completion("Score: 1\nThe answer is correct, 1"))
+                elif name == "echo":
+                    self._send(200, _completion(user))
+                elif name == "grade":
+                    same = _quoted(user, "CANDIDATE ANSWER") == _quoted(user, "REFERENCE ANSWER")
+                    self._send(200, _completion(f"Compared.\nVERDICT: {'CORRECT' if same else 'INCORRECT'}"))
+                elif name in ("correct", "incorrect"):
+                    self._send(200, _completion(f"Looks {name}.\nVERDICT: {name.upper()}"))
+                else:
+                    self._send(400, b'{"error": {"message": "unknown test mode"}}')
+
+        return Handler
+
+    def __enter__(self) -> FaultServer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        self._httpd.shutdown()
+        self._httpd.server_close()
+        self._thread.join(timeout=5)
