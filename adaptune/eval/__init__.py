@@ -34,8 +34,7 @@ def _parse_overrides(overrides: list[str]) -> dict[str, str]:
 def evaluate_run(run_dir: Path, split: str = "test", limit: int | None = None,
                  task_overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """Rebuild a run's model, adapter and task from its folder and evaluate on `split`."""
-    from peft import PeftModel
-
+    from ..adapters import load_adapter
     from ..train.runner import load_for_recipe, make_task
 
     run_dir = Path(run_dir)
@@ -46,7 +45,7 @@ def evaluate_run(run_dir: Path, split: str = "test", limit: int | None = None,
     loaded = load_for_recipe(recipe)
     model = loaded.model
     if (run_dir / "adapter").exists():
-        model = PeftModel.from_pretrained(model, run_dir / "adapter").eval()
+        model = load_adapter(model, run_dir / "adapter").eval()
     task = make_task(recipe, loaded)
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()

@@ -16,11 +16,12 @@ import torch
 from peft import PeftModel, get_peft_model
 from transformers import Trainer, TrainerCallback, set_seed
 
+from ..adapters import save_adapter
 from ..config import Recipe, RecipeError, recipe_to_yaml, validate_params
 from ..models import LoadedModel, load_model
 from ..registry import TASKS
 from ..tasks.base import Task
-from ..utils.io import append_jsonl, atomic_dir, atomic_write_json, atomic_write_text
+from ..utils.io import append_jsonl, atomic_write_json, atomic_write_text
 from .convert import to_peft_config, to_training_arguments
 from .report import markdown_table, write_report
 from .rundir import COMPLETE, discard_incomplete_checkpoints, latest_checkpoint, prepare_run_dir
@@ -138,8 +139,7 @@ def run_recipe(recipe: Recipe) -> Path:
         trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
         train_seconds = time.time() - t_train
     if isinstance(model, PeftModel):
-        with atomic_dir(run_dir / "adapter") as tmp:
-            model.save_pretrained(tmp)
+        save_adapter(model, run_dir / "adapter")
     split = "test" if "test" in task.datasets() else "validation"
     metrics = task.evaluate(model, split, recipe.training.eval_limit) if split in task.datasets() else {}
     summary = {"method": recipe.adapter.method, "task": recipe.task.name, "family": loaded.family.name,
