@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from PIL import Image
 
+from ..data.validate import prepare_vqa_row
 from ..registry import TASKS
 from .base import Task
 
@@ -106,6 +107,7 @@ class VQATask(Task):
 
     def collate(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
         tok = self.processor.tokenizer
+        rows = [prepare_vqa_row(r, i) for i, r in enumerate(rows)]
         images = [resize_for(r["image"], self.params.resolution) for r in rows]
         eos = tok.eos_token or ""
         prompts = [self._prompt(r["question"]) for r in rows]
@@ -136,7 +138,7 @@ class VQATask(Task):
         results = []
         model.eval()
         for start in range(0, len(rows), self.params.eval_batch_size):
-            chunk = rows[start:start + self.params.eval_batch_size]
+            chunk = [prepare_vqa_row(r, start + i) for i, r in enumerate(rows[start:start + self.params.eval_batch_size])]
             tok.padding_side = "left"
             batch = self.processor(images=[resize_for(r["image"], resolution) for r in chunk],
                                    text=[self._prompt(r["question"]) for r in chunk], return_tensors="pt",
