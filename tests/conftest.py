@@ -14,7 +14,7 @@ import torch  # noqa: E402
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def vqa_dataset_dir(tmp_path_factory):
     """A tiny saved VQA DatasetDict (solid-colour images, colour questions): train/validation/test."""
     import datasets

@@ -21,7 +21,7 @@ from ..utils.io import atomic_write_json, atomic_write_text
 
 
 def _parse_overrides(overrides: list[str]) -> dict[str, str]:
-    known = {"split", "limit", "out", "resolution"}
+    known = {"split", "limit", "out", "resolution", "recipe"}
     parsed = {}
     for item in overrides:
         key, _, value = item.partition("=")
@@ -32,20 +32,29 @@ def _parse_overrides(overrides: list[str]) -> dict[str, str]:
 
 
 def evaluate_run(run_dir: Path, split: str = "test", limit: int | None = None,
-                 task_overrides: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Rebuild a run's model, adapter and task from its folder and evaluate on `split`."""
+                 task_overrides: dict[str, Any] | None = None, recipe_path: str | None = None) -> dict[str, Any]:
+    """Rebuild a run's model, adapter and task from its folder and evaluate on `split`.
+
+    `run_dir` may also be a bare adapter folder; then `recipe_path` says which model and task to evaluate on.
+    """
     from ..adapters import load_adapter
     from ..train.runner import load_for_recipe, make_task
 
     run_dir = Path(run_dir)
-    if not (run_dir / "config.yaml").exists():
-        raise FileNotFoundError(f"{run_dir} is not a run directory (no config.yaml)")
-    recipe = load_recipe(run_dir / "config.yaml")
+    adapter_dir = run_dir / "adapter"
+    if (run_dir / "adapter_config.json").exists():  # a bare adapter folder
+        if recipe_path is None:
+            raise RecipeError(f"{run_dir} is an adapter folder: pass recipe=PATH to say which model and task to use")
+        recipe, adapter_dir = load_recipe(recipe_path), run_dir
+    elif (run_dir / "config.yaml").exists():
+        recipe = load_recipe(recipe_path or run_dir / "config.yaml")
+    else:
+        raise FileNotFoundError(f"{run_dir} is neither a run directory (config.yaml) nor an adapter folder")
     recipe.task.params.update(task_overrides or {})
     loaded = load_for_recipe(recipe)
     model = loaded.model
-    if (run_dir / "adapter").exists():
-        model = load_adapter(model, run_dir / "adapter").eval()
+    if adapter_dir.exists():
+        model = load_adapter(model, adapter_dir).eval()
     task = make_task(recipe, loaded)
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
@@ -105,7 +114,8 @@ def evaluate_command(targets: list[str], overrides: list[str]) -> int:
     opts = _parse_overrides(overrides)
     limit = int(opts["limit"]) if "limit" in opts else None
     task_overrides = {"resolution": opts["resolution"]} if "resolution" in opts else None
-    rows = [evaluate_run(Path(t), opts.get("split", "test"), limit, task_overrides) for t in targets]
+    rows = [evaluate_run(Path(t), opts.get("split", "test"), limit, task_overrides, opts.get("recipe"))
+            for t in targets]
     out = Path(opts.get("out") or (targets[0] if len(targets) == 1 else "runs/compare"))
     write_comparison(rows, out)
     print(markdown_table(rows, ["name", "method", "accuracy", "visual_tokens", "n"]))
