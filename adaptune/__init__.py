@@ -6,6 +6,6 @@ trained here. See README.md for the two commands that run the demo and the tests
 
 __version__ = "0.1.0"
 
-from . import models, tasks  # noqa: E402,F401
+from . import methods, models, tasks  # noqa: E402,F401
 from .rl import rewards as _rewards  # noqa: E402,F401  (registers rewards and judges)
 from .registry import FAMILIES, JUDGES, METHODS, REWARDS, TASKS  # noqa: E402,F401

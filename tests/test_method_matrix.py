@@ -24,6 +24,7 @@ def _setup(method: str, family: str):
     info = adaptune.METHODS.get(method)
     spec = get_family(family)
     model, processor = build_tiny(family, seed=0)
+    model.requires_grad_(False)  # frozen like a real base (SigLIP's attention pooling takes another path otherwise)
     batch = example_batch(spec, processor)
     with torch.no_grad():
         base_out = main_output(spec, model(**batch)).clone()

@@ -1,0 +1,40 @@
+"""PH-Reg (`registers`): post-hoc register tokens for pre-trained ViTs, trained by self-distillation.
+
+Importing this package registers the method with PEFT and adaptune's `METHODS`. The distillation pieces (teacher
+views, denoised targets, loss) are in `distill.py`, the artifact measurements in `diagnostics.py`, and the training task
+is `register_distill` (`adaptune/tasks/register_distill.py`).
+
+    from peft import get_peft_model
+    from adaptune.methods.registers import RegistersConfig, distill
+    student = get_peft_model(clip, RegistersConfig(num_registers=16))
+    target = distill.denoised_target(student, "clip", pixel_values)      # teacher = adapter disabled, K views
+    loss = distill.distill_loss(distill.patch_features(student, "clip", pixel_values), target)
+"""
+
+from __future__ import annotations
+
+from .._peft_ext import MethodInfo, register_method
+from .config import UNLOCKABLE, RegistersConfig
+from .layer import RegisterBlockLayer, RegisterEmbeddingLayer, drop_registers
+from .model import SUPPORTED_FAMILIES, RegistersModel, find_vit
+
+INFO = register_method(
+    MethodInfo(
+        name="registers",
+        config_cls=RegistersConfig,
+        model_cls=RegistersModel,
+        # CLIPSeg is supported by the tuner, but runs its CLIP encoder under torch.no_grad(): train its registers
+        # on `clip.vision_model` with `register_distill`, not through the segmentation forward the matrix checks.
+        families=tuple(f for f in SUPPORTED_FAMILIES if f != "clipseg"),
+        test_config=lambda family, model: RegistersConfig(num_registers=4),
+        description="PH-Reg: post-hoc register tokens for a ViT (plus trainable copies of its position/patch "
+                    "embeddings and last block), trained by self-distillation from the frozen model",
+        mergeable=False,
+    ),
+    prefix="reg_",
+)
+
+__all__ = [
+    "UNLOCKABLE", "RegisterBlockLayer", "RegisterEmbeddingLayer", "RegistersConfig", "RegistersModel",
+    "drop_registers", "find_vit",
+]

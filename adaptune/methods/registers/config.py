@@ -1,0 +1,60 @@
+"""`RegistersConfig`: the PEFT config of PH-Reg (post-hoc registers added to a pre-trained ViT by self-distillation).
+
+    from adaptune.methods.registers import RegistersConfig
+    config = RegistersConfig(num_registers=16)                       # CLIP / SigLIP / DINOv2 / LLaVA's CLIP tower
+    config = RegistersConfig(num_registers=4, unlock=["last_block"])  # fewer trainable weights
+
+`target_modules` is filled in from the model (the ViT's embeddings and its last block); `base_family`,
+`vision_hidden_size` and `vision_layers` are recorded on creation and checked on load.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from peft.config import PeftConfig
+
+from .._peft_ext import add_peft_type
+
+UNLOCKABLE = ("position_embeddings", "patch_embedding", "last_block")
+
+
+@dataclass
+class RegistersConfig(PeftConfig):
+    """PH-Reg: R register tokens after the patch embedding, dropped at the output (METHODS.md section 2)."""
+
+    num_registers: int = field(default=16, metadata={
+        "help": "Register tokens inserted after the patch embedding (after [CLS] when there is one). They get no "
+                "positional embedding and are dropped after the last block, so output shapes do not change."})
+    init_std: float | None = field(default=None, metadata={
+        "help": "Standard deviation of the N(0, std^2) register initialisation; default 1/sqrt(hidden size)."})
+    unlock: list[str] = field(default_factory=lambda: list(UNLOCKABLE), metadata={
+        "help": "Pre-trained parts trained (as copies saved in the adapter; the originals stay for "
+                f"disable_adapter()): any of {', '.join(UNLOCKABLE)}."})
+    target_modules: list[str] | str | None = field(default=None, metadata={
+        "help": "Filled in automatically: the ViT's embeddings module and its last block."})
+    target_parameters: list[str] | None = field(default=None, metadata={
+        "help": "Unused by PH-Reg (PEFT requires the field)."})
+    exclude_modules: list[str] | str | None = field(default=None, metadata={
+        "help": "Unused by PH-Reg (kept for PEFT's target matching)."})
+    base_family: str | None = field(default=None, metadata={
+        "help": "Model family the adapter was created on (recorded automatically, checked on load)."})
+    vision_hidden_size: int | None = field(default=None, metadata={
+        "help": "Hidden size of the ViT (recorded automatically, checked on load)."})
+    vision_layers: int | None = field(default=None, metadata={
+        "help": "Number of ViT blocks (recorded automatically, checked on load)."})
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.peft_type = add_peft_type("registers")
+        if int(self.num_registers) < 1:
+            raise ValueError(f"num_registers must be >= 1, got {self.num_registers}")
+        self.num_registers = int(self.num_registers)
+        if self.init_std is not None and self.init_std <= 0:
+            raise ValueError(f"init_std must be positive, got {self.init_std}")
+        unknown = sorted(set(self.unlock) - set(UNLOCKABLE))
+        if unknown:
+            raise ValueError(f"unlock: unknown part(s) {unknown}; choose from {list(UNLOCKABLE)}")
+        self.unlock = list(self.unlock)
+        if isinstance(self.target_modules, (list, tuple, set)):
+            self.target_modules = list(self.target_modules)
