@@ -11,7 +11,8 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# One thread: on a busy 2-core machine two torch threads make small backward passes far slower.
+torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")

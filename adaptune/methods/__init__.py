@@ -4,4 +4,4 @@ Importing this package registers every method with PEFT (`_peft_ext.register_met
 `peft.PeftModel.from_pretrained` can load adapters trained with them.
 """
 
-from . import flex_projector, registers  # noqa: F401
+from . import flex_projector, mask_tuning, registers, seg_adapter  # noqa: F401

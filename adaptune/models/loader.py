@@ -104,12 +104,28 @@ def load_model(
     seed: int = 0,
     device_map: Any = None,
 ) -> LoadedModel:
-    """Load `source` ("tiny:<family>", "default", a local folder or a hub id) with its processor and family spec."""
+    """Load `source` with its processor and family spec.
+
+    Sources: "tiny:<family>" (random tiny model built in code), "default" (the embedded GlyphQA VLM),
+    "pretrained:clip" / "pretrained:clipseg" (tiny CLIP / CLIPSeg pre-trained on the companion sets, cached under
+    $ADAPTUNE_CACHE after the first build), a local folder, or a hub id.
+    """
     source = str(source)
     if source.startswith("tiny:"):
         name = source.split(":", 1)[1]
         model, processor = build_tiny(name, seed=seed)
         return LoadedModel(model, processor, get_family(name), source)
+    if source.startswith("pretrained:"):  # the pre-trained tiny CLIP / CLIPSeg (built once, then cached)
+        from .. import pretrain
+
+        kind = source.split(":", 1)[1]
+        if kind not in ("clip", "clipseg"):
+            raise ModelLoadError(f"unknown pre-trained tiny model {source!r}; use pretrained:clip or pretrained:clipseg")
+        clip = pretrain.pretrain_tiny_clip(steps=pretrain.DEFAULT_CLIP_STEPS, seed=seed)
+        if kind == "clip":
+            source = str(clip.path)
+        else:
+            source = str(pretrain.build_tiny_clipseg_from_clip(clip, steps=pretrain.DEFAULT_CLIPSEG_STEPS, seed=seed).path)
     if source == "default":
         from ..default import default_model_path
 
