@@ -1,0 +1,137 @@
+"""Conversations for the embedded default: plain multi-question VQA and the resolution-request warm start.
+
+Two formats, both rendered as the trl-shipped `qwen3_vl` chat template renders them:
+
+- plain VQA (curriculum stages 2-3, mixed into stage 4): one image, ALL its questions in shuffled order, each
+  answered as `<answer>X</answer>`, then a caption turn ("Describe the image."). No system prompt: short sequences.
+- protocol (stage 4, the warm start for GRPO): system prompt + tool schema from `adaptune.rl.prompting`, the
+  HALF-resolution image and one question. With probability `resize_rate`, drawn independently of the question's kind
+  (the RL stage must learn WHEN to resize; the warm start must not already know), the assistant calls
+  `resize_image`, the tool turn returns the FULL image, and the assistant answers; otherwise it answers directly.
+
+    from adaptune.default.sft import protocol_messages, render, plan_protocol
+    plan = plan_protocol(rows, n=1000, seed=0)                 # [(row_index, question_index, resize), ...]
+    text = render(processor, protocol_messages(q, a, resize=True))
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+import numpy as np
+
+from adaptune.rl.prompting import RESIZE_ACTION, TOOL_NAME, direct_answer, tool_schema, user_messages
+
+DIRECT_THOUGHT = "I can answer from this image."
+RESIZE_THOUGHT = "The details are too small, I need the full-resolution image."
+AFTER_RESIZE_THOUGHT = "Now I can see the full-resolution image."
+TOOL_RESULT_TEXT = "Here is the full-resolution image."
+CAPTION_REQUEST = "Describe the image."
+IMAGE_SLOT = "<|vision_start|><|image_pad|><|vision_end|>"
+
+_TOOL_CALL_RE = re.compile(r"<tool_call>\s*(\{.*?\})\s*</tool_call>", re.DOTALL)
+
+
+def tool_call() -> dict[str, Any]:
+    """The assistant-side tool call, in the message format TRL builds from a parsed completion."""
+    return {"type": "function", "function": {"name": TOOL_NAME, "arguments": {"action": RESIZE_ACTION}}}
+
+
+def tool_result_message() -> dict[str, Any]:
+    """The tool turn: the full-resolution image (placeholder; pass the image to the processor) and a short text."""
+    content = [{"type": "image"}, {"type": "text", "text": TOOL_RESULT_TEXT}]
+    return {"role": "tool", "name": TOOL_NAME, "content": content}
+
+
+def protocol_messages(question: str, answer: str | None = None, resize: bool = False) -> list[dict[str, Any]]:
+    """System + user(half image, question), then either a direct answer or tool call -> tool(full image) -> answer.
+
+    With `answer=None` only the prompt (and, when `resize`, the tool-call turn and tool turn) is returned, ready for
+    `add_generation_prompt=True`.
+    """
+    messages = user_messages(question)
+    if resize:
+        messages.append({"role": "assistant", "content": f"<think>{RESIZE_THOUGHT}</think>",
+                         "tool_calls": [tool_call()]})
+        messages.append(tool_result_message())
+        if answer is not None:
+            messages.append({"role": "assistant", "content": direct_answer(AFTER_RESIZE_THOUGHT, answer)})
+    elif answer is not None:
+        messages.append({"role": "assistant", "content": direct_answer(DIRECT_THOUGHT, answer)})
+    return messages
+
+
+def render(processor: Any, messages: list[dict[str, Any]], generation_prompt: bool = False) -> str:
+    """Text exactly as TRL renders it during GRPO (the resize tool schema in the system turn)."""
+    return processor.apply_chat_template(messages, tools=[tool_schema()], tokenize=False,
+                                         add_generation_prompt=generation_prompt)
+
+
+def direct_prefix() -> str:
+    """Prefill that forces a direct answer (fixed-resolution evaluation): the model only writes the answer."""
+    return f"<think>{DIRECT_THOUGHT}</think><answer>"
+
+
+def plain_vqa_text(questions: list[str], answers: list[str], caption: str, order: list[int]) -> str:
+    """One image, its questions in `order` (answers in <answer> tags), then the caption turn; one image slot."""
+    turns = []
+    for k, j in enumerate(order):
+        prefix = IMAGE_SLOT if k == 0 else ""
+        turns.append(f"<|im_start|>user\n{prefix}{questions[j]}<|im_end|>\n"
+                     f"<|im_start|>assistant\n<answer>{answers[j]}</answer><|im_end|>\n")
+    turns.append(f"<|im_start|>user\n{CAPTION_REQUEST}<|im_end|>\n<|im_start|>assistant\n{caption}<|im_end|>\n")
+    return "".join(turns)
+
+
+def plain_vqa_messages(questions: list[str], answers: list[str], caption: str, order: list[int]) -> list[dict]:
+    """The same conversation as messages (used to check `plain_vqa_text` against the chat template)."""
+    messages: list[dict[str, Any]] = []
+    for k, j in enumerate(order):
+        content = ([{"type": "image"}] if k == 0 else []) + [{"type": "text", "text": questions[j]}]
+        messages += [{"role": "user", "content": content},
+                     {"role": "assistant", "content": f"<answer>{answers[j]}</answer>"}]
+    messages += [{"role": "user", "content": [{"type": "text", "text": CAPTION_REQUEST}]},
+                 {"role": "assistant", "content": caption}]
+    return messages
+
+
+def plan_protocol(rows: list[dict[str, Any]], n: int, seed: int, fine_share: float = 0.4,
+                  resize_rate: float = 0.5) -> list[tuple[int, int, bool]]:
+    """n warm-start conversations: (row, question index, resize?). The kind mix is `fine_share` fine; the resize
+    flag is an independent coin flip, so the resize rate is the same for both kinds (up to sampling noise)."""
+    rng = np.random.default_rng(seed)
+    plan = []
+    for _ in range(n):
+        r = int(rng.integers(len(rows)))
+        kinds = rows[r]["kinds"]
+        want = "fine" if rng.random() < fine_share else "coarse"
+        options = [j for j, k in enumerate(kinds) if k == want] or list(range(len(kinds)))
+        plan.append((r, int(options[int(rng.integers(len(options)))]), bool(rng.random() < resize_rate)))
+    return plan
+
+
+def parse_tool_call(text: str) -> dict[str, Any] | None:
+    """The first well-formed `resize_image` call in a completion ({"name", "arguments"}), else None."""
+    match = _TOOL_CALL_RE.search(text)
+    if not match:
+        return None
+    try:
+        call = json.loads(match.group(1))
+    except json.JSONDecodeError:
+        return None
+    if call.get("name") != TOOL_NAME or call.get("arguments") != {"action": RESIZE_ACTION}:
+        return None
+    return call
+
+
+def well_formed(text: str) -> str | None:
+    """The GRPO format rule (METHODS.md section 5): "tool" for `<think>..</think>` + one tool call and no answer,
+    "answer" for `<think>..</think><answer>..</answer>`, None otherwise."""
+    text = text.strip()
+    if re.fullmatch(r"<think>[^<]*</think>\s*<tool_call>\s*\{.*?\}\s*</tool_call>", text, re.DOTALL):
+        return "tool" if parse_tool_call(text) else None
+    if re.fullmatch(r"<think>[^<]*</think><answer>[^<]*</answer>", text):
+        return "answer"
+    return None
