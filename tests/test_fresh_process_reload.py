@@ -27,6 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 CHILD = textwrap.dedent("""
     import json, sys
     import torch
+    torch.set_num_threads(1)  # same as the parent (conftest): bit-identical reductions
     import adaptune
     wired = all(m in adaptune.METHODS for m in ("flex_projector", "registers"))
     if not wired:  # until adaptune/methods/__init__.py imports the method packages
