@@ -529,7 +529,8 @@ def report_sections(run_dir: Path, evaluation: dict[str, Any], budget: dict[str,
         sections.append(f"## Held-out comparison ({evaluation.get('n')} questions)\n")
         sections.append("policy = the trained two-turn loop; low / full = always that resolution in the first turn "
                         "(direct answer); resize_all = the tool path on every question (low + full image); oracle = "
-                        "resizes exactly on fine questions; before_rl = the two-turn loop without the adapter.\n")
+                        "resizes exactly on fine questions; before_rl = the two-turn loop without the adapter. Only "
+                        "policy uses the trained adapter: every other row is the base model.\n")
         sections.append(markdown_table(rows))
         targets = {k: v for k, v in evaluation.get("headline", {}).items() if k.startswith("target/")}
         if targets:

@@ -240,13 +240,14 @@ METHODS = ("policy", "low", "full", "resize_all", "oracle", "before_rl")
 def compare_methods(model: torch.nn.Module, processor: Any, rows: Sequence[dict[str, Any]],
                     methods: Sequence[str] = METHODS, judge: Any = None, family: FamilySpec | None = None,
                     downsample_factor: float = 0.5, max_new_tokens: int = 64, batch_size: int = 32,
-                    ) -> dict[str, Any]:
+                    base_baselines: bool = True) -> dict[str, Any]:
     """Accuracy, visual tokens and resize rate (overall and per `kind`) of each method on `rows`.
 
     `rows` hold a full-resolution `image`, `question`, `answer` and optionally `kind` ("fine" | "coarse"). Methods:
     policy (the two-turn loop), low / full (always that resolution in the first turn, direct answer), resize_all (the
     tool path on every question: low + full image), oracle (resizes exactly on fine questions), before_rl (the
-    two-turn loop with the PEFT adapter disabled). Answers are scored by `judge`
+    two-turn loop with the PEFT adapter disabled). With `base_baselines` (default) every method except policy runs
+    with the adapter disabled, i.e. the baselines are the base model. Answers are scored by `judge`
     (default: the rule judge); a score >= 0.5 counts as correct.
     """
     from .judges import JudgeItem, build_judge
@@ -272,7 +273,8 @@ def compare_methods(model: torch.nn.Module, processor: Any, rows: Sequence[dict[
             kwargs["resize"] = [k == "fine" for k in kinds]  # type: ignore[union-attr]
         elif method == "resize_all":
             kwargs["resize"] = [True] * len(rows)
-        if method == "before_rl":
+        # Only "policy" runs with the trained adapter; the baselines are the base model (as VisionThink compares).
+        if method != "policy" and base_baselines and hasattr(model, "disable_adapter"):
             with model.disable_adapter():
                 results = answer_with_resolution_policy(model, processor, images, questions, **kwargs)
         else:
