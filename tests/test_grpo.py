@@ -281,3 +281,12 @@ def test_recipe_runs_under_accelerate_ddp_cpu(tmp_path):
     assert (run_dir / "DONE").exists() and (run_dir / "adapter" / "adapter_model.safetensors").exists()
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if r["event"] == "train" and "reward" in r] == [1, 2]
+
+
+def test_adaptune_eval_on_a_grpo_run(tmp_path, one_thread):
+    """`adaptune eval` sends `kind: grpo` runs to the policy evaluation (two-turn loop) instead of a task."""
+    from adaptune.eval import evaluate_run
+
+    run_dir = run_grpo_recipe(tiny_recipe(tmp_path / "run", "grpo.eval.enabled=false", "training.max_steps=1"))
+    metrics = evaluate_run(run_dir, limit=2)
+    assert metrics["n"] == 2 and metrics["visual_tokens"] >= 4 and "eval/policy/accuracy" in metrics

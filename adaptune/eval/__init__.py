@@ -55,6 +55,17 @@ def evaluate_run(run_dir: Path, split: str = "test", limit: int | None = None,
     model = loaded.model
     if adapter_dir.exists():
         model = load_adapter(model, adapter_dir).eval()
+    if recipe.kind == "grpo":  # a resolution policy: the two-turn loop against its baselines
+        from ..rl.glue import evaluate_policy, parse_grpo_section
+
+        plan = parse_grpo_section(recipe)
+        if limit:
+            plan.eval.num_images = limit
+        result = evaluate_policy(model, loaded, plan)
+        policy = result["methods"].get("policy", {}).get("all", {})
+        return {"name": recipe.name, "method": recipe.adapter.method, "accuracy": policy.get("accuracy"),
+                "visual_tokens": policy.get("visual_tokens"), "resize_rate": policy.get("resize_rate"),
+                "n": policy.get("n"), **result["headline"]}
     task = make_task(recipe, loaded)
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
