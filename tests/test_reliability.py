@@ -132,3 +132,28 @@ def test_kill_9_then_resume_matches_uninterrupted(vqa_dataset_dir, tmp_path):
         torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5)
     state = json.loads((tmp_path / "killed" / "checkpoints" / "checkpoint-24" / "trainer_state.json").read_text())
     assert state["global_step"] == 24
+
+
+@pytest.mark.slow
+def test_kill_9_during_grpo_then_resume(tmp_path):
+    """GRPO (tiny model, env + rewards + rule judge) killed after its first checkpoint resumes to the end."""
+    recipe = Path(__file__).resolve().parent.parent / "recipes" / "qwen3_vl" / "glyphqa" / "visionthink_grpo_tiny.yaml"
+    out = tmp_path / "grpo"
+    args = [f"output.dir={out}", "training.max_steps=6", "grpo.eval.enabled=false"]
+    victim = subprocess.Popen([sys.executable, "-m", "adaptune", "train", str(recipe), *args],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    first = out / "checkpoints" / "checkpoint-1" / "COMPLETE"
+    deadline = time.time() + 300
+    while not first.exists() and time.time() < deadline and victim.poll() is None:
+        time.sleep(0.05)
+    assert first.exists(), "no checkpoint before the deadline"
+    os.kill(victim.pid, signal.SIGKILL)
+    victim.wait()
+    assert not (out / "DONE").exists()
+    done = subprocess.run([sys.executable, "-m", "adaptune", "train", str(recipe), *args, "resume=true"],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    state = json.loads((out / "checkpoints" / "checkpoint-6" / "trainer_state.json").read_text())
+    assert state["global_step"] == 6 and (out / "DONE").exists()
+    base, _ = build_tiny("qwen3_vl", seed=0)
+    assert load_adapter(base, out / "adapter") is not None
