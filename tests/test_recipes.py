@@ -72,3 +72,12 @@ def test_shipped_recipes_validate(path):
     if recipe.kind == "adapter":
         validate_params(recipe.task.params, TASKS.get(recipe.task.name).Params, "task.params")
         assert recipe.adapter.method in {"lora", "none", *adaptune.METHODS}
+
+
+def test_task_on_the_wrong_family_is_a_recipe_error():
+    from adaptune.train.runner import load_for_recipe, make_task
+
+    recipe = load_recipe(data={"name": "x", "model": {"source": "tiny:qwen3_vl"}, "task": {"name": "segmentation"}})
+    with pytest.raises(RecipeError, match="task.name: task SegmentationTask needs a model of family clipseg, "
+                                          "got 'qwen3_vl'"):
+        make_task(recipe, load_for_recipe(recipe))

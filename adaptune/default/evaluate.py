@@ -40,30 +40,13 @@ def heldout_items(per_kind: int = 50, seed: int = 0, split: str = "test") -> lis
     return items
 
 
-def _suppressed(processor: Any) -> list[int]:
-    tok = processor.tokenizer
-    return [tok.convert_tokens_to_ids(t) for t in ("<|image_pad|>", "<|video_pad|>", "<|vision_start|>",
-                                                    "<|vision_end|>")]
-
-
 @torch.no_grad()
 def generate(model: torch.nn.Module, processor: Any, texts: list[str], images: list[list[Image.Image]],
              max_new_tokens: int = 40, do_sample: bool = False, temperature: float = 1.0) -> list[str]:
-    """Batched generation (left padding); returns the new text with special tokens dropped (tags are kept)."""
-    tok = processor.tokenizer
-    side, tok.padding_side = tok.padding_side, "left"
-    try:
-        flat = [im for ims in images for im in ims]
-        batch = processor(text=texts, images=flat or None, padding=True, return_tensors="pt",
-                          return_mm_token_type_ids=True)
-    finally:
-        tok.padding_side = side
-    out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=do_sample,
-                         temperature=temperature if do_sample else None, top_p=None, top_k=None,
-                         eos_token_id=tok.convert_tokens_to_ids("<|im_end|>"), pad_token_id=tok.pad_token_id,
-                         suppress_tokens=_suppressed(processor))
-    new = out[:, batch["input_ids"].shape[1]:]
-    return tok.batch_decode(new, skip_special_tokens=True)
+    """Batched generation with the vision special tokens suppressed (the shared `rl.inference` helper)."""
+    from adaptune.rl.inference import generate_texts
+
+    return generate_texts(model, processor, texts, images, max_new_tokens, do_sample, temperature)
 
 
 def _batches(n: int, size: int):

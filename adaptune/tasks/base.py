@@ -34,8 +34,13 @@ class Task:
 
     Params: ClassVar[type] = NoParams
     description: ClassVar[str] = ""
+    families: ClassVar[tuple[str, ...]] = ()
+    """Model families the task works with; empty means any."""
 
     def __init__(self, params: Any, loaded: LoadedModel, seed: int = 0) -> None:
+        if self.families and loaded.family.name not in self.families:
+            raise ValueError(f"task {type(self).__name__} needs a model of family {' or '.join(self.families)}, "
+                             f"got {loaded.family.name!r}")
         self.params = params
         self.loaded = loaded
         self.seed = seed

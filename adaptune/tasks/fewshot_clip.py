@@ -82,11 +82,10 @@ class FewShotParams:
 class FewShotCLIPTask(Task):
     Params = FewShotParams
     description = "CLIP few-shot classification with a zero-shot text head (R-AMT objective for mask tuning)"
+    families = ("clip",)
 
     def __init__(self, params: Any, loaded: Any, seed: int = 0) -> None:
         super().__init__(params, loaded, seed)
-        if loaded.family.name != "clip":
-            raise ValueError(f"fewshot_clip needs a CLIP model (family 'clip'), got {loaded.family.name!r}")
         self._text_embeds: torch.Tensor | None = None
         self._generator = torch.Generator().manual_seed(seed)
         self._augment_rng = np.random.default_rng(seed)

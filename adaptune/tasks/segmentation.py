@@ -103,12 +103,7 @@ class SegmentationParams:
 class SegmentationTask(Task):
     Params = SegmentationParams
     description = "Referring segmentation with CLIPSeg: Dice (1.5) + BCE (1.0) loss, Dice / IoU metrics"
-
-    def __init__(self, params: Any, loaded: Any, seed: int = 0) -> None:
-        super().__init__(params, loaded, seed)
-        if loaded.family.kind != "segmentation":
-            raise ValueError(f"segmentation needs a text-prompted segmentation model (family 'clipseg'), got "
-                             f"{loaded.family.name!r}")
+    families = ("clipseg",)
 
     def build_datasets(self) -> dict[str, Any]:
         p = self.params

@@ -35,7 +35,10 @@ def make_task(recipe: Recipe, loaded: LoadedModel) -> Task:
     except KeyError as exc:
         raise RecipeError(f"{recipe.source_file}: task.name: {exc.args[0]}") from None
     params = validate_params(recipe.task.params, task_cls.Params, f"{recipe.source_file}: task.params")
-    return task_cls(params, loaded, seed=recipe.training.seed)
+    try:
+        return task_cls(params, loaded, seed=recipe.training.seed)
+    except ValueError as exc:
+        raise RecipeError(f"{recipe.source_file}: task.name: {exc}") from None
 
 
 def load_for_recipe(recipe: Recipe) -> LoadedModel:
