@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -76,7 +75,3 @@ def write_report(run_dir: Path, title: str, summary: dict[str, Any], sections: l
     path = run_dir / "report.md"
     atomic_write_text(path, "\n".join(parts))
     return path
-
-
-def load_json(path: Path) -> dict[str, Any]:
-    return json.loads(Path(path).read_text())

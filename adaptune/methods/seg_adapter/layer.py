@@ -54,8 +54,8 @@ class _AdapterLayerBase(nn.Module, BaseTunerLayer):
         raise NotImplementedError(MERGE_ERROR)
 
 
-class OutputAdapterLayer(_AdapterLayerBase):
-    """Dense VLSM adapter on the output of a sub-module (attention or MLP): h -> h + A(h)."""
+class _BottleneckLayer(_AdapterLayerBase):
+    """One bottleneck adapter per adapter name around a sub-module; subclasses say where it applies."""
 
     adapter_layer_names = ("vlsm_adapter",)
 
@@ -72,6 +72,13 @@ class OutputAdapterLayer(_AdapterLayerBase):
         self._move_adapter_to_device_of_base_layer(adapter_name)
         self.set_adapter(self.active_adapters, inference_mode=inference_mode)
 
+    def __repr__(self) -> str:
+        return "seg_adapter." + super().__repr__()
+
+
+class OutputAdapterLayer(_BottleneckLayer):
+    """Dense VLSM adapter on the output of a sub-module (attention or MLP): h -> h + A(h)."""
+
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         out = self.base_layer(*args, **kwargs)
         active = self._active(self.vlsm_adapter)
@@ -82,31 +89,14 @@ class OutputAdapterLayer(_AdapterLayerBase):
             hidden = hidden + self.vlsm_adapter[name](hidden)
         return (hidden, *out[1:]) if isinstance(out, tuple) else hidden
 
-    def __repr__(self) -> str:
-        return "seg_adapter." + super().__repr__()
 
-
-class InputAdapterLayer(_AdapterLayerBase):
+class InputAdapterLayer(_BottleneckLayer):
     """Shallow VLSM vision adapter on the input of a module (a decoder `reduce`): x -> x + A(x)."""
-
-    adapter_layer_names = ("vlsm_adapter",)
-
-    def __init__(self, base_layer: nn.Module, adapter_name: str, dim: int, r: int, init_scale: float,
-                 inference_mode: bool = False) -> None:
-        super().__init__(base_layer)
-        self.vlsm_adapter = nn.ModuleDict({})
-        self._active_adapter = adapter_name
-        self.update_layer(adapter_name, dim, r, init_scale, inference_mode)
-
-    update_layer = OutputAdapterLayer.update_layer
 
     def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         for name in self._active(self.vlsm_adapter):
             x = x + self.vlsm_adapter[name](x)
         return self.base_layer(x, *args, **kwargs)
-
-    def __repr__(self) -> str:
-        return "seg_adapter." + super().__repr__()
 
 
 class ConditioningAdapterLayer(_AdapterLayerBase):
