@@ -74,26 +74,25 @@ def direct_prefix() -> str:
     return f"<think>{DIRECT_THOUGHT}</think><answer>"
 
 
-def plain_vqa_text(questions: list[str], answers: list[str], caption: str, order: list[int]) -> str:
-    """One image, its questions in `order` (answers in <answer> tags), then the caption turn; one image slot."""
-    turns = []
-    for k, j in enumerate(order):
-        prefix = IMAGE_SLOT if k == 0 else ""
-        turns.append(f"<|im_start|>user\n{prefix}{questions[j]}<|im_end|>\n"
-                     f"<|im_start|>assistant\n<answer>{answers[j]}</answer><|im_end|>\n")
-    turns.append(f"<|im_start|>user\n{CAPTION_REQUEST}<|im_end|>\n<|im_start|>assistant\n{caption}<|im_end|>\n")
-    return "".join(turns)
+def plain_turns(questions: list[str], answers: list[str], caption: str | None, order: list[int]) -> list[tuple[str, str]]:
+    """(user, assistant) turns: the questions in `order` (answers in <answer> tags), then the caption turn if any."""
+    turns = [(questions[j], f"<answer>{answers[j]}</answer>") for j in order]
+    return turns + ([(CAPTION_REQUEST, caption)] if caption is not None else [])
 
 
-def plain_vqa_messages(questions: list[str], answers: list[str], caption: str, order: list[int]) -> list[dict]:
+def plain_vqa_text(questions: list[str], answers: list[str], caption: str | None, order: list[int]) -> str:
+    """One image (in the first user turn), its questions in `order`, then the caption turn (unless None)."""
+    return "".join(f"<|im_start|>user\n{IMAGE_SLOT if k == 0 else ''}{user}<|im_end|>\n"
+                   f"<|im_start|>assistant\n{reply}<|im_end|>\n"
+                   for k, (user, reply) in enumerate(plain_turns(questions, answers, caption, order)))
+
+
+def plain_vqa_messages(questions: list[str], answers: list[str], caption: str | None, order: list[int]) -> list[dict]:
     """The same conversation as messages (used to check `plain_vqa_text` against the chat template)."""
     messages: list[dict[str, Any]] = []
-    for k, j in enumerate(order):
-        content = ([{"type": "image"}] if k == 0 else []) + [{"type": "text", "text": questions[j]}]
-        messages += [{"role": "user", "content": content},
-                     {"role": "assistant", "content": f"<answer>{answers[j]}</answer>"}]
-    messages += [{"role": "user", "content": [{"type": "text", "text": CAPTION_REQUEST}]},
-                 {"role": "assistant", "content": caption}]
+    for k, (user, reply) in enumerate(plain_turns(questions, answers, caption, order)):
+        content = ([{"type": "image"}] if k == 0 else []) + [{"type": "text", "text": user}]
+        messages += [{"role": "user", "content": content}, {"role": "assistant", "content": reply}]
     return messages
 
 
