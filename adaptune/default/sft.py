@@ -22,12 +22,19 @@ from typing import Any
 
 import numpy as np
 
-from adaptune.rl.prompting import RESIZE_ACTION, TOOL_NAME, direct_answer, tool_schema, user_messages
+from adaptune.rl.prompting import (  # noqa: F401  (DIRECT_THOUGHT, direct_prefix: re-exported for callers)
+    AFTER_RESIZE_THOUGHT,
+    DIRECT_THOUGHT,
+    RESIZE_ACTION,
+    RESIZE_THOUGHT,
+    TOOL_NAME,
+    TOOL_RESULT_TEXT,
+    direct_answer,
+    direct_prefix,
+    tool_schema,
+    user_messages,
+)
 
-DIRECT_THOUGHT = "I can answer from this image."
-RESIZE_THOUGHT = "The details are too small, I need the full-resolution image."
-AFTER_RESIZE_THOUGHT = "Now I can see the full-resolution image."
-TOOL_RESULT_TEXT = "Here is the full-resolution image."
 CAPTION_REQUEST = "Describe the image."
 IMAGE_SLOT = "<|vision_start|><|image_pad|><|vision_end|>"
 
@@ -67,11 +74,6 @@ def render(processor: Any, messages: list[dict[str, Any]], generation_prompt: bo
     """Text exactly as TRL renders it during GRPO (the resize tool schema in the system turn)."""
     return processor.apply_chat_template(messages, tools=[tool_schema()], tokenize=False,
                                          add_generation_prompt=generation_prompt)
-
-
-def direct_prefix() -> str:
-    """Prefill that forces a direct answer (fixed-resolution evaluation): the model only writes the answer."""
-    return f"<think>{DIRECT_THOUGHT}</think><answer>"
 
 
 def plain_turns(questions: list[str], answers: list[str], caption: str | None, order: list[int]) -> list[tuple[str, str]]:

@@ -31,12 +31,7 @@ from typing import Any
 from PIL import Image
 
 from ..models import FamilySpec
-from .prompting import RESIZE_ACTION, ResizeTool
-
-try:  # the warm start of the embedded default answers this exact tool turn; keep them identical
-    from ..default.sft import TOOL_RESULT_TEXT
-except ImportError:  # pragma: no cover - the default package is optional
-    TOOL_RESULT_TEXT = "Here is the full-resolution image."
+from .prompting import RESIZE_ACTION, TOOL_RESULT_TEXT, ResizeTool
 
 ALREADY_RESIZED = "Error: the full-resolution image was already provided; answer the question now."
 MISSING_FULL = "Error: no full-resolution image is available for this question; answer from the image you have."

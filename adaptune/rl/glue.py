@@ -152,7 +152,7 @@ def _check_reward_keys(reward: dict[str, Any], where: str) -> None:
 def tool_suffix_tokens(processor: Any, image_tokens: int) -> int:
     """Tokens TRL appends for the tool turn that returns one image (as `GRPOTrainer._get_tool_suffix_ids` builds it:
     end of the assistant turn, the tool message with the image and its text, the next assistant header)."""
-    from .env import TOOL_RESULT_TEXT
+    from .prompting import TOOL_RESULT_TEXT
 
     tok = processor.tokenizer
     call = [{"type": "function", "function": {"name": "resize_image", "arguments": {}}}]

@@ -31,17 +31,10 @@ from PIL import Image
 
 from ..models import FamilySpec, detect_family
 from .answers import RESIZE_ARGUMENTS, RESIZE_TOOL, assistant_turns, extract_answer
-from .env import TOOL_RESULT_TEXT, downsample
-from .prompting import tool_call_text, tool_schema, user_messages
+from .env import downsample
+from .prompting import RESIZE_THOUGHT, TOOL_RESULT_TEXT, direct_prefix, tool_call_text, tool_schema, user_messages
 
-try:  # the texts the embedded default was warm-started with (forced-direct prefill, scripted resize thought)
-    from ..default.sft import RESIZE_THOUGHT
-    from ..default.sft import direct_prefix as _direct_prefix
-
-    DIRECT_PREFIX = _direct_prefix()
-except ImportError:  # pragma: no cover
-    DIRECT_PREFIX = "<think>I can answer from this image.</think><answer>"
-    RESIZE_THOUGHT = "The details are too small, I need the full-resolution image."
+DIRECT_PREFIX = direct_prefix()
 
 VISION_TOKENS = ("<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>", "<image>", "<video>")
 

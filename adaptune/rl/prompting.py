@@ -21,6 +21,11 @@ SYSTEM_PROMPT = (
 )
 TOOL_NAME = "resize_image"
 RESIZE_ACTION = "resize"
+# The texts the embedded default was warm-started with; inference prefills and scripts turns with the same ones.
+DIRECT_THOUGHT = "I can answer from this image."
+RESIZE_THOUGHT = "The details are too small, I need the full-resolution image."
+AFTER_RESIZE_THOUGHT = "Now I can see the full-resolution image."
+TOOL_RESULT_TEXT = "Here is the full-resolution image."
 
 
 class ResizeTool:
@@ -54,6 +59,11 @@ def user_messages(question: str, image: Image.Image | None = None) -> list[dict[
     content: list[dict[str, Any]] = [{"type": "image", "image": image} if image is not None else {"type": "image"}]
     content.append({"type": "text", "text": question})
     return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": content}]
+
+
+def direct_prefix(thought: str = DIRECT_THOUGHT) -> str:
+    """Prefill that forces a direct answer (fixed-resolution baselines): the model only writes the answer."""
+    return f"<think>{thought}</think><answer>"
 
 
 def direct_answer(thought: str, answer: str) -> str:
