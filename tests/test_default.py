@@ -50,12 +50,14 @@ def test_default_is_a_real_qwen3_vl_and_beats_chance(loaded):
     assert type(loaded.model).__name__ == "Qwen3VLForConditionalGeneration"
     torch.manual_seed(0)
     items = heldout_items(per_kind=20, seed=0)
-    summary = cell_summary(answer_fixed(loaded.model, loaded.processor, items, "full"))
-    # chance: ~1/6 for colours and shapes, 1/2 for positions, ~1/5 for counts (~0.25 over the coarse mix), 1/10 for
-    # digits. The shipped build measured coarse 0.45 / fine 0.60 on this sample (the 0.6 coarse bar is not
-    # met yet; see BUILD.json), so the bar is "well above chance" until a longer build lands.
-    assert summary["coarse"]["accuracy"] >= 0.35, summary
-    assert summary["fine"]["accuracy"] >= 0.35, summary
+    full = cell_summary(answer_fixed(loaded.model, loaded.processor, items, "full"))
+    half = cell_summary(answer_fixed(loaded.model, loaded.processor, items, "half"))
+    # The resolution gap is the point: the 7 px digit is read at full resolution (the build measured 1.00 on 150
+    # held-out questions) and not at half (0.11). Coarse chance is ~0.25 over the mix (1/6 colours and shapes, 1/2
+    # positions, ~1/5 counts); the build measured 0.51 full / 0.49 half, short of the 0.80 (BUILD.json).
+    assert full["fine"]["accuracy"] >= 0.8, full
+    assert half["fine"]["accuracy"] <= 0.4, half
+    assert full["coarse"]["accuracy"] >= 0.35 and half["coarse"]["accuracy"] >= 0.35, (full, half)
 
 
 def test_plain_vqa_text_matches_the_chat_template(loaded):
