@@ -290,3 +290,21 @@ def test_adaptune_eval_on_a_grpo_run(tmp_path, one_thread):
     run_dir = run_grpo_recipe(tiny_recipe(tmp_path / "run", "grpo.eval.enabled=false", "training.max_steps=1"))
     metrics = evaluate_run(run_dir, limit=2)
     assert metrics["n"] == 2 and metrics["visual_tokens"] >= 4 and "eval/policy/accuracy" in metrics
+
+
+def test_eval_dataset_overrides_the_training_source(tmp_path):
+    """Trained on a labelled folder, the policy is still evaluated on the GlyphQA held-out mix when eval.dataset says
+    so (the folder's rows are training data with the labels' kind mix)."""
+    from adaptune.data import GlyphQAConfig, build_split
+    from adaptune.rl.glue import evaluation_rows
+
+    folder = tmp_path / "labelled"
+    ds = build_split(GlyphQAConfig(seed=0), "rl", num_images=6, fine_fraction=0.0)
+    ds.add_column("label", ["low_res_suffices"] * 6).save_to_disk(str(folder))
+    plan = parse_grpo_section(load_recipe(TINY, [f"grpo.data.dataset={folder}", "grpo.eval.num_images=10"]))
+    own = evaluation_rows(plan)
+    assert len(own) == 6 and all(r["kind"] == "coarse" for r in own)
+    plan = parse_grpo_section(load_recipe(TINY, [f"grpo.data.dataset={folder}", "grpo.eval.num_images=10",
+                                                 "grpo.eval.dataset=glyphqa", "grpo.eval.fine_fraction=0.3"]))
+    held_out = evaluation_rows(plan)
+    assert len(held_out) == 10 and sum(r["kind"] == "fine" for r in held_out) == 3

@@ -151,9 +151,26 @@ def test_penalty_r_at_or_above_theta() -> None:
     assert resolution_penalties([True, True, True, True, True], [False, True, True, True, True]) == [0] + [0.1] * 4
 
 
+def test_penalty_rate_variant_compares_accuracy_rates() -> None:
+    rate = PenaltyConfig(variant="rate")
+    # Both branches always right, but 7 of 8 resized: the count ratio is 1/8 (paper penalises the direct answer),
+    # the rate ratio 1/2 (low resolution suffices: the resized rollouts are penalised).
+    correct, resized = [True] * 8, [False] + [True] * 7
+    assert resolution_penalties(correct, resized) == [0.1] + [0.0] * 7
+    assert resolution_penalties(correct, resized, rate) == [0.0] + [0.1] * 7
+    # Direct right 1 of 4, resized right 4 of 4: r = 0.25 / 1.25 = 0.2 -> at theta, resizing is penalised;
+    # direct right 0 of 4: r = 0 -> direct answers are penalised.
+    resized = [False] * 4 + [True] * 4
+    assert resolution_penalties([True, False, False, False] + [True] * 4, resized, rate) == [0.0] * 4 + [0.1] * 4
+    assert resolution_penalties([False] * 4 + [True] * 4, resized, rate) == [0.1] * 4 + [0.0] * 4
+    # One branch untried: no comparison, no penalty.
+    assert resolution_penalties([True] * 4, [True] * 4, rate) == [0.0] * 4
+    assert resolution_penalties([True] * 4, [False] * 4, rate) == [0.0] * 4
+
+
 def test_penalty_no_correct_answers() -> None:
     resized = [False, True, False, True]
-    for variant in ("paper", "official"):
+    for variant in ("paper", "official", "rate"):
         assert resolution_penalties([False] * 4, resized, PenaltyConfig(variant=variant)) == [0.0] * 4
     assert resolution_penalties([False] * 4, resized, PenaltyConfig(undefined_ratio=0.0)) == [0.1, 0, 0.1, 0]
     with pytest.raises(ValueError):

@@ -59,6 +59,9 @@ class EvalParams:
     """`grpo.eval`: the held-out comparison written to eval.json and report.md."""
 
     enabled: bool = True
+    dataset: str | None = None
+    """'glyphqa' or a dataset folder; default: `grpo.data.dataset`. Set it when training on a labelled folder
+    (`label-resolution` output): those rows are training data, and their kind mix is the labels', not the eval mix."""
     num_images: int = 200
     fine_fraction: float = 0.3
     """GlyphQA: share of fine questions in the held-out mix."""
@@ -431,13 +434,19 @@ def _wait_dir(recipe: Recipe) -> Path:
 # ------------------------------------------------------------------------------------------------ evaluation
 
 
+def evaluation_rows(plan: GRPOPlan) -> list[dict[str, Any]]:
+    """The held-out rows of `grpo.eval` (its own `dataset` when set, else the training data's source)."""
+    data = dataclasses.replace(plan.data, dataset=plan.eval.dataset) if plan.eval.dataset else plan.data
+    return heldout_rows(data, plan.eval.num_images, plan.eval.fine_fraction, plan.eval.split)
+
+
 def evaluate_policy(model: Any, loaded: LoadedModel, plan: GRPOPlan) -> dict[str, Any]:
     """`compare_methods` on the held-out rows, plus the headline numbers and the VisionThink targets."""
     from .inference import compare_methods
 
     judge = plan.eval.judge if plan.eval.judge is not None else plan.reward.get("judge")
     t0 = time.time()
-    rows = heldout_rows(plan.data, plan.eval.num_images, plan.eval.fine_fraction, plan.eval.split)
+    rows = evaluation_rows(plan)
     result = compare_methods(model, loaded.processor, rows, plan.eval.methods, judge, loaded.family,
                              plan.data.downsample, plan.eval.max_new_tokens or plan.env.turn_tokens,
                              plan.eval.batch_size)
@@ -547,5 +556,5 @@ def report_sections(run_dir: Path, evaluation: dict[str, Any], budget: dict[str,
 
 __all__ = ["AUTO", "COMPLETE", "EnvParams", "EvalParams", "GRPOParts", "GRPOPlan", "GRPOSection", "build_grpo_trainer",
            "build_reward_funcs", "completion_budget", "grpo_config_kwargs", "parse_grpo_section",
-           "evaluate_policy", "report_sections", "resolve_completion_length", "run_grpo_recipe",
+           "evaluate_policy", "evaluation_rows", "report_sections", "resolve_completion_length", "run_grpo_recipe",
            "tool_suffix_tokens"]

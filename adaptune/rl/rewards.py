@@ -37,7 +37,7 @@ from .answers import RESIZE_ARGUMENTS, RESIZE_TOOL, check_format, count_tool_cal
 from .judges import Judge, JudgeItem, build_judge
 
 RewardFn = Callable[..., Any]
-Variant = Literal["paper", "official"]
+Variant = Literal["paper", "official", "rate"]
 
 
 @dataclass(frozen=True)
@@ -50,6 +50,12 @@ class PenaltyConfig:
       not. When low resolution rarely suffices, answering directly is discouraged; otherwise resizing is.
     - `official` (the released code): only correct answers are penalised, resized ones always and direct ones when
       r < theta: P = weight * correct * [resized + direct * 1(r < theta)].
+    - `rate` (adaptune): as `paper`, but r compares accuracy RATES, r = p_direct / (p_direct + p_high) with
+      p = correct / attempts of each branch; no penalty unless the group tried both branches. The count ratio
+      depends on how the group split: a group that resizes 7 times out of 8 has r <= 1/8 < theta even when both
+      branches are always right, so `paper` then penalises direct answers and drives a policy that starts out
+      resizing often into always resizing (measured on the embedded default: resize rate 0.72 -> 0.90 in 130
+      steps, coarse questions included). Rates remove that bias.
     We default to `paper`: it is the method as published and analysed, and the official variant gives correct
     direct and correct resized answers the same reward whenever r < theta, so it cannot push the policy towards the
     resolution that works, while leaving wrong direct answers unpenalised.
@@ -65,8 +71,8 @@ class PenaltyConfig:
     correct_threshold: float = 0.5
 
     def __post_init__(self) -> None:
-        if self.variant not in ("paper", "official"):
-            raise ValueError(f"variant must be 'paper' or 'official', got {self.variant!r}")
+        if self.variant not in ("paper", "official", "rate"):
+            raise ValueError(f"variant must be 'paper', 'official' or 'rate', got {self.variant!r}")
         if not 0.0 <= self.theta <= 1.0:
             raise ValueError(f"theta must be in [0, 1], got {self.theta}")
 
@@ -82,11 +88,22 @@ def resolution_penalties(
     [0.1, 0.0, 0.0]
     >>> resolution_penalties([False, True, True], [False, True, True], PenaltyConfig(variant="official"))
     [0.0, 0.1, 0.1]
+    >>> all_right, mostly_resized = [True] * 6, [False] + [True] * 5   # both branches always right
+    >>> resolution_penalties(all_right, mostly_resized)  # paper: r = 1/6 < 0.2, so the direct answer is penalised
+    [0.1, 0.0, 0.0, 0.0, 0.0, 0.0]
+    >>> resolution_penalties(all_right, mostly_resized, PenaltyConfig(variant="rate"))  # rates: r = 1/2
+    [0.0, 0.1, 0.1, 0.1, 0.1, 0.1]
     """
     if len(correct) != len(resized):
         raise ValueError("correct and resized must have the same length")
     c_direct = sum(c and not r for c, r in zip(correct, resized, strict=True))
     c_high = sum(c and r for c, r in zip(correct, resized, strict=True))
+    if config.variant == "rate":
+        n_high = sum(bool(r) for r in resized)
+        n_direct = len(resized) - n_high
+        if n_direct == 0 or n_high == 0:
+            return [0.0] * len(correct)
+        c_direct, c_high = c_direct / n_direct, c_high / n_high  # accuracy rates; the ratio below is then unbiased
     if c_direct + c_high == 0:
         if config.undefined_ratio is None:
             return [0.0] * len(correct)
@@ -97,7 +114,7 @@ def resolution_penalties(
     out = []
     for c, r in zip(correct, resized, strict=True):
         # paper: every rollout of the disfavoured kind; official: correct ones only, resized always.
-        hit = ((not r and low) or (r and not low)) if config.variant == "paper" else (c and (r or low))
+        hit = ((not r and low) or (r and not low)) if config.variant != "official" else (c and (r or low))
         out.append(config.weight if hit else 0.0)
     return out
 
