@@ -33,6 +33,7 @@ def main() -> None:
     parser.add_argument("--questions", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--no-save", action="store_true", help="print only (smoke tests)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -83,10 +84,11 @@ def main() -> None:
           f"[{min(time_ratios):.3f}, {max(time_ratios):.3f}]")
     print("(the policy's extra cost is the second generate call on resized rows; the first turn is cheaper: "
           "4 visual tokens instead of 16)")
-    save("resolution_policy", {"policy": policy_name, "questions": len(rows), "repeats": args.repeats,
-                               "summary": summary, "token_ratio": token_ratio,
-                               "time_ratio": statistics.median(time_ratios),
-                               "time_ratio_min": min(time_ratios), "time_ratio_max": max(time_ratios)})
+    if not args.no_save:
+        save("resolution_policy", {"policy": policy_name, "questions": len(rows), "repeats": args.repeats,
+                                   "summary": summary, "token_ratio": token_ratio,
+                                   "time_ratio": statistics.median(time_ratios),
+                                   "time_ratio_min": min(time_ratios), "time_ratio_max": max(time_ratios)})
     print(machine())
 
 

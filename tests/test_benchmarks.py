@@ -16,3 +16,18 @@ def test_gpu_script_smoke_on_cpu(tmp_path):
     result = json.loads((tmp_path / "gpu_tiny.json").read_text())
     assert set(result["prefill"]) == {"64", "4", "9", "16"}
     assert result["grpo"]["step_s"] > 0 and result["grpo"]["gen_tokens_per_s"] > 0
+
+
+def test_resolution_policy_bench_smoke(tmp_path):
+    """Policy vs always-full on a few held-out questions; the ratio lines are printed (numbers not asserted)."""
+    missing = tmp_path / "no-adapter-here"  # the default's own choice, not a GRPO adapter from runs/
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_resolution_policy.py"), "--questions", "6",
+                          "--repeats", "1", "--no-save", "--adapter", str(missing)],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode != 0 and "no-adapter-here" in out.stderr  # a missing adapter folder is an error
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_resolution_policy.py"), "--questions", "6",
+                          "--repeats", "1", "--no-save"], capture_output=True, text=True, timeout=300,
+                         cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "visual tokens per answered question, policy / always-full" in out.stdout
+    assert "wall time per answered question, policy / always-full" in out.stdout
