@@ -40,8 +40,7 @@ def main() -> None:
     from adaptune.adapters import load_adapter
     from adaptune.data import GlyphQAConfig, heldout_mix
     from adaptune.models import load_model
-    from adaptune.rl.inference import answer_with_resolution_policy
-    from adaptune.tasks.vqa import normalize
+    from adaptune.rl.inference import answer_with_resolution_policy, score_results, summarize
 
     loaded = load_model("default")
     model, processor = loaded.model, loaded.processor
@@ -57,10 +56,9 @@ def main() -> None:
         results = answer_with_resolution_policy(model, processor, images, questions, always=always, batch_size=32)
         seconds = time.perf_counter() - t0
         answered = [r for r in results if r.answer]
-        correct = sum(normalize(r.answer or "") == normalize(a) for r, a in zip(results, answers))
-        return {"seconds": seconds, "answered": len(answered), "accuracy": correct / len(results),
-                "visual_tokens": sum(r.visual_tokens for r in results) / len(results),
-                "resize_rate": sum(r.resized for r in results) / len(results),
+        cells = summarize(results, score_results(results, questions, answers))["all"]  # the rule judge, as eval
+        return {"seconds": seconds, "answered": len(answered), "accuracy": cells["accuracy"],
+                "visual_tokens": cells["visual_tokens"], "resize_rate": cells["resize_rate"],
                 "s_per_answered": seconds / max(1, len(answered)),
                 "tokens_per_answered": sum(r.visual_tokens for r in answered) / max(1, len(answered))}
 

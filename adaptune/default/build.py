@@ -267,7 +267,7 @@ def stage1(model, corpus: Corpus, cfg: BuildConfig, rng: np.random.Generator, cu
 
 
 @torch.no_grad()
-def standardize_mergers(model, corpus: Corpus, n: int = 256, scale: float = 1.0) -> dict[str, float]:
+def standardize_mergers(model, corpus: Corpus, n: int = 256) -> dict[str, float]:
     """Fold a per-channel standardization into the last linear layer of every merger (main and deepstack).
 
     Why: after stage 1 the merged visual tokens have a norm of ~90, almost all of it one shared direction; the
@@ -287,8 +287,8 @@ def standardize_mergers(model, corpus: Corpus, n: int = 256, scale: float = 1.0)
     for name, linear, feats in layers:
         mu, sd = feats.mean(0), feats.std(0).clamp_min(1e-4)
         norms[name] = round(feats.norm(dim=-1).mean().item(), 2)
-        linear.weight.mul_((scale / sd)[:, None])
-        linear.bias.sub_(mu).mul_(scale / sd)
+        linear.weight.div_(sd[:, None])
+        linear.bias.sub_(mu).div_(sd)
     return norms
 
 
@@ -331,10 +331,12 @@ def protocol_batch(corpus: Corpus, plan: list[tuple[int, int, bool]], rendered: 
 def lm_stage(name: str, k: int, model, tok, corpus: Corpus, cfg: BuildConfig, rng: np.random.Generator,
              params: list[dict], curves: list, plan=None, rendered=None, processor=None) -> dict:
     n = len(corpus.rows)
+    n_proto = cfg.protocol_per_batch if plan is not None else 0
+    n_full = cfg.full_direct_per_batch if plan is not None else 0
+    if cfg.batch[k] < n_proto + n_full:
+        raise ValueError(f"{name}: batch {cfg.batch[k]} < protocol_per_batch {n_proto} + full_direct_per_batch {n_full}")
 
     def step(s: int):
-        n_proto = cfg.protocol_per_batch if plan is not None else 0
-        n_full = cfg.full_direct_per_batch if plan is not None else 0
         texts, pads, images = vqa_batch(corpus, cfg, rng.integers(n, size=cfg.batch[k] - n_proto - n_full), rng)
         if n_proto:
             t2, p2, i2 = protocol_batch(corpus, plan, rendered, s * n_proto, n_proto)

@@ -20,7 +20,8 @@ import torch
 from PIL import Image
 
 from adaptune.data import GlyphQAConfig, build_split, half_resolution
-from adaptune.default.sft import direct_prefix, parse_tool_call, protocol_messages, render, well_formed
+from adaptune.default.sft import parse_tool_call, protocol_messages, render, well_formed
+from adaptune.rl.prompting import direct_prefix
 from adaptune.tasks.vqa import extract_answer, normalize
 
 VISUAL_TOKENS = {"full": 16, "half": 4}

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from adaptune.rl.prompting import (  # noqa: F401  (DIRECT_THOUGHT, direct_prefix: re-exported for callers)
+from adaptune.rl.prompting import (
     AFTER_RESIZE_THOUGHT,
     DIRECT_THOUGHT,
     RESIZE_ACTION,
@@ -30,7 +30,6 @@ from adaptune.rl.prompting import (  # noqa: F401  (DIRECT_THOUGHT, direct_prefi
     TOOL_NAME,
     TOOL_RESULT_TEXT,
     direct_answer,
-    direct_prefix,
     tool_schema,
     user_messages,
 )

@@ -38,6 +38,7 @@ from ..utils.io import append_jsonl, atomic_write_json, atomic_write_text
 from .data import DataParams, heldout_rows, load_grpo_rows
 from .env import EnvFactory
 from .inference import vision_token_ids
+from .prompting import TOOL_RESULT_TEXT
 
 log = logging.getLogger("adaptune")
 AUTO = "auto"
@@ -155,8 +156,6 @@ def _check_reward_keys(reward: dict[str, Any], where: str) -> None:
 def tool_suffix_tokens(processor: Any, image_tokens: int) -> int:
     """Tokens TRL appends for the tool turn that returns one image (as `GRPOTrainer._get_tool_suffix_ids` builds it:
     end of the assistant turn, the tool message with the image and its text, the next assistant header)."""
-    from .prompting import TOOL_RESULT_TEXT
-
     tok = processor.tokenizer
     call = [{"type": "function", "function": {"name": "resize_image", "arguments": {}}}]
     dummy = [{"role": "user", "content": [{"type": "text", "text": "dummy"}]},

@@ -227,6 +227,22 @@ def summarize(results: Sequence[Result], correct: Sequence[bool], kinds: Sequenc
 
 # ------------------------------------------------------------------------------------------------ comparisons
 
+
+def score_results(results: Sequence[Result], questions: Sequence[str], answers: Sequence[str],
+                  judge: Any = None) -> list[bool]:
+    """Correct or not per result: `judge` (default: the rule judge) scores the parsed answers; >= 0.5 is correct,
+    a missing answer is wrong."""
+    from .judges import JudgeItem, build_judge
+
+    the_judge = build_judge(judge)
+    todo = [i for i, r in enumerate(results) if r.answer]
+    verdicts = the_judge.score_sync([JudgeItem(questions[i], answers[i], results[i].answer or "")
+                                     for i in todo]) if todo else []
+    correct = [False] * len(results)
+    for i, v in zip(todo, verdicts, strict=True):
+        correct[i] = v.score is not None and v.score >= 0.5
+    return correct
+
 METHODS = ("policy", "low", "full", "resize_all", "oracle", "before_rl")
 
 
@@ -243,9 +259,9 @@ def compare_methods(model: torch.nn.Module, processor: Any, rows: Sequence[dict[
     with the adapter disabled, i.e. the baselines are the base model. Answers are scored by `judge`
     (default: the rule judge); a score >= 0.5 counts as correct.
     """
-    from .judges import JudgeItem, build_judge
+    from .judges import build_judge
 
-    the_judge = build_judge(judge)
+    the_judge = build_judge(judge)  # built once, shared by every method
     images = [r["image"] for r in rows]
     questions = [str(r["question"]) for r in rows]
     kinds = [str(r["kind"]) for r in rows] if rows and "kind" in rows[0] else None
@@ -272,16 +288,11 @@ def compare_methods(model: torch.nn.Module, processor: Any, rows: Sequence[dict[
                 results = answer_with_resolution_policy(model, processor, images, questions, **kwargs)
         else:
             results = answer_with_resolution_policy(model, processor, images, questions, **kwargs)
-        todo = [i for i, r in enumerate(results) if r.answer]
-        verdicts = the_judge.score_sync([JudgeItem(questions[i], str(rows[i]["answer"]), results[i].answer or "")
-                                         for i in todo]) if todo else []
-        correct = [False] * len(results)
-        for i, v in zip(todo, verdicts, strict=True):
-            correct[i] = v.score is not None and v.score >= 0.5
+        correct = score_results(results, questions, [str(r["answer"]) for r in rows], the_judge)
         out["methods"][method] = summarize(results, correct, kinds)
         out.setdefault("examples", {})[method] = [r.raw for r in results[:3]]
     return out
 
 
 __all__ = ["DIRECT_PREFIX", "METHODS", "Result", "answer_with_resolution_policy", "compare_methods", "generate_texts",
-           "resize_call", "summarize", "vision_token_ids"]
+           "resize_call", "score_results", "summarize", "vision_token_ids"]

@@ -29,7 +29,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from adaptune.registry import REWARDS
 
@@ -71,8 +71,8 @@ class PenaltyConfig:
     correct_threshold: float = 0.5
 
     def __post_init__(self) -> None:
-        if self.variant not in ("paper", "official", "rate"):
-            raise ValueError(f"variant must be 'paper', 'official' or 'rate', got {self.variant!r}")
+        if self.variant not in get_args(Variant):
+            raise ValueError(f"variant must be one of {get_args(Variant)}, got {self.variant!r}")
         if not 0.0 <= self.theta <= 1.0:
             raise ValueError(f"theta must be in [0, 1], got {self.theta}")
 
