@@ -30,6 +30,8 @@ DEMO_ADAPTER = ROOT / "runs" / "qwen3_vl-glyphqa-visionthink" / "adapter"
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--adapter", default=None, help="a VisionThink adapter folder (default: the demo run's)")
+    parser.add_argument("--no-adapter", action="store_true", help="the warm-started default itself, even if a demo "
+                        "adapter exists")
     parser.add_argument("--questions", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
@@ -45,6 +47,7 @@ def main() -> None:
     loaded = load_model("default")
     model, processor = loaded.model, loaded.processor
     adapter = Path(args.adapter) if args.adapter else (DEMO_ADAPTER if DEMO_ADAPTER.exists() else None)
+    adapter = None if args.no_adapter else adapter
     if adapter is not None:
         model = load_adapter(model, adapter)
     policy_name = f"policy ({adapter})" if adapter else "policy (warm-started default, no RL adapter)"

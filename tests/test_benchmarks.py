@@ -26,7 +26,7 @@ def test_resolution_policy_bench_smoke(tmp_path):
                          capture_output=True, text=True, timeout=300)
     assert out.returncode != 0 and "no-adapter-here" in out.stderr  # a missing adapter folder is an error
     out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_resolution_policy.py"), "--questions", "6",
-                          "--repeats", "1", "--no-save"], capture_output=True, text=True, timeout=300)
+                          "--repeats", "1", "--no-save", "--no-adapter"], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "visual tokens per answered question, policy / always-full" in out.stdout
     assert "wall time per answered question, policy / always-full" in out.stdout

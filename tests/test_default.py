@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 from collections import defaultdict
 
+import numpy as np
 import pytest
 import torch
 
@@ -98,6 +99,32 @@ def test_resize_split_is_half_and_independent_of_kind():
     assert 0.3 < len(by_kind["fine"]) / len(plan) < 0.5
     for kind, flags in by_kind.items():
         assert abs(sum(flags) / len(flags) - 0.5) < 0.04, kind
+
+
+def test_object_coverage_marks_every_token_an_object_covers():
+    from adaptune.data.shapes import COLORS, DEFAULT_SHAPES
+    from adaptune.default.build import object_coverage
+
+    big = {"shape": "square", "color": "red", "x": 64, "y": 64, "radius": 20.0}  # straddles the 4 central tokens
+    small = {"shape": "circle", "color": "blue", "x": 16, "y": 16, "radius": 8.0}  # inside token (0, 0)
+    full, half = object_coverage([big, small], 4), object_coverage([big, small], 2)
+    red_square = COLORS.index("red") * len(DEFAULT_SHAPES) + DEFAULT_SHAPES.index("square")
+    blue_circle = COLORS.index("blue") * len(DEFAULT_SHAPES) + DEFAULT_SHAPES.index("circle")
+    assert full.shape == (16, len(COLORS) * len(DEFAULT_SHAPES)) and half.shape == (4, full.shape[1])
+    assert set(np.flatnonzero(full[:, red_square])) == {5, 6, 9, 10}
+    assert set(np.flatnonzero(full[:, blue_circle])) == {0} and full.sum() == 5
+    assert half[0, red_square] == half[0, blue_circle] == 1 and half.sum(1).tolist() == [2, 1, 1, 1]
+
+
+def test_pick_questions_draws_distinct_questions_of_distinct_types_first():
+    from adaptune.default.build import pick_questions
+
+    row = {"questions": list("abcdef"), "qtypes": ["count", "color", "color", "shape", "digit", "digit"]}
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        four = pick_questions(row, rng, 4)
+        assert len(set(four)) == 4 and len({row["qtypes"][j] for j in four}) == 4
+        assert sorted(pick_questions(row, rng, 10)) == list(range(6))  # more than it has: every question once
 
 
 @pytest.mark.slow

@@ -15,7 +15,9 @@ import pytest
 from PIL import Image
 
 from adaptune.data import (
+    BINDING_QTYPES,
     COARSE_QTYPES,
+    DEFAULT_COARSE_QTYPES,
     GlyphQAConfig,
     build_split,
     explode_questions,
@@ -38,6 +40,12 @@ def small_config(**overrides) -> GlyphQAConfig:
 @pytest.fixture(scope="module")
 def train() -> datasets.Dataset:
     return build_split(small_config(), "train")
+
+
+@pytest.fixture(scope="module")
+def train_all() -> datasets.Dataset:
+    """Every coarse question type, the opt-in binding questions included."""
+    return build_split(small_config(coarse_qtypes=COARSE_QTYPES), "train")
 
 
 def _pixels(ds: datasets.Dataset) -> list[bytes]:
@@ -67,14 +75,20 @@ def test_generate_has_three_splits_and_omits_empty_ones():
     assert image.mode == "RGB" and image.size == (128, 128)
 
 
-def test_answers_match_kinds_and_vocabulary(train):
+@pytest.mark.parametrize("name", ["train", "train_all"])
+def test_answers_match_kinds_and_vocabulary(name, request):
+    train = request.getfixturevalue(name)
     vocab = {
         "count_total": {str(n) for n in range(1, 6)},
         "count_color": {str(n) for n in range(0, 6)},
         "color_of_shape": set(COLORS),
         "shape_of_color": set(SHAPES),
         "relative_position": set(POSITION_WORDS),
+        "color_of_biggest": set(COLORS),
+        "shape_of_biggest": set(SHAPES),
+        "position_of_biggest": {"left", "right", "top", "bottom"},
     }
+    seen = set()
     for row in train:
         assert row["questions"][-1] == row["question"] or row["kind"] == "coarse"
         assert row["question"] in row["questions"]
@@ -83,9 +97,14 @@ def test_answers_match_kinds_and_vocabulary(train):
                 assert qtype == "digit" and answer in {str(d) for d in range(10)} and answer == str(row["digit"])
             else:
                 assert kind == "coarse" and qtype in COARSE_QTYPES and answer in vocab[qtype], (qtype, answer)
+            seen.add(qtype)
+    assert seen >= set(DEFAULT_COARSE_QTYPES) | {"digit"}
+    assert (seen & set(BINDING_QTYPES)) == (set() if len(seen) == 5 else set(BINDING_QTYPES))
 
 
-def test_answers_agree_with_objects(train):
+@pytest.mark.parametrize("name", ["train", "train_all"])
+def test_answers_agree_with_objects(name, request):
+    train = request.getfixturevalue(name)
     for row in train:
         objects = row["objects"]
         colors = [o["color"] for o in objects]
@@ -95,6 +114,14 @@ def test_answers_agree_with_objects(train):
             words = question.rstrip("?").split()
             if qtype == "count_total":
                 assert answer == str(len(objects))
+            elif qtype == "color_of_biggest":
+                assert answer == objects[0]["color"]
+            elif qtype == "shape_of_biggest":
+                assert answer == objects[0]["shape"]
+            elif qtype == "position_of_biggest":
+                x, y = objects[0]["x"], objects[0]["y"]
+                assert answer == ({"left": "left" if x < 64 else "right", "top": "top" if y < 64 else "bottom"}
+                                  [words[-5]]) and min(abs(x - 64), abs(y - 64)) >= 6
             elif qtype == "count_color":
                 assert answer == str(colors.count(words[2]))
             elif qtype == "color_of_shape":
@@ -176,11 +203,37 @@ def test_calibration_returns_png(tmp_path):
         ({"colors": ("red", "pink")}, "colors=('red', 'pink'): need distinct names"),
         ({"min_shapes": 4, "max_shapes": 3}, "min_shapes <= max_shapes"),
         ({"font": "Comic.ttf"}, "shipped fonts: DejaVuSans"),
+        ({"coarse_qtypes": ("count_total", "colour")}, "need distinct names from count_total"),
+        ({"layout": "grid"}, "layout='grid': must be 'free' or 'quadrants'"),
+        ({"layout": "quadrants", "max_shapes": 5}, "at most 4 shapes (one per quadrant)"),
     ],
 )
 def test_impossible_configs_raise_clear_errors(overrides, message):
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
         small_config(**overrides)
+
+
+@pytest.mark.parametrize("layout", ["free", "quadrants"])
+def test_layouts_keep_shapes_apart_and_quadrants_hold_one_centre_each(layout):
+    cfg = small_config(layout=layout, max_shapes=4, num_images=60)
+    ds = build_split(cfg, "train")
+    sizes = [len(objs) for objs in ds["objects"]]
+    assert min(sizes) >= cfg.min_shapes and max(sizes) == 4
+    for objs, image in zip(ds["objects"], ds["image"]):
+        quadrants = [(o["x"] // 64, o["y"] // 64) for o in objs]
+        if layout == "quadrants":
+            assert len(set(quadrants)) == len(quadrants), objs
+    if layout == "free":  # the free layout really does put two centres in one quadrant now and then
+        assert any(len({(o["x"] // 64, o["y"] // 64) for o in objs}) < len(objs) for objs in ds["objects"])
+
+
+def test_place_shapes_region_bounds_the_centres():
+    from adaptune.data.shapes import place_shapes
+
+    rng = np.random.default_rng(0)
+    shapes = place_shapes(rng, [("circle", "red", 6.0)] * 3, 128, region=(64, 0, 128, 64), gap=1.0)
+    assert shapes and all(64 <= s.x < 128 and 0 <= s.y < 64 for s in shapes)
+    assert place_shapes(rng, [("circle", "red", 40.0)], 128, region=(0, 0, 30, 30)) == []  # no room: dropped
 
 
 def test_split_size_errors_are_clear():

@@ -22,7 +22,9 @@ from adaptune.data.companions import (
     sample_k_shot,
 )
 from adaptune.data.glyphqa import (
+    BINDING_QTYPES,
     COARSE_QTYPES,
+    DEFAULT_COARSE_QTYPES,
     FINE_QTYPES,
     QTYPES,
     GlyphQAConfig,
@@ -35,7 +37,9 @@ from adaptune.data.glyphqa import (
 from adaptune.data.glyphs import half_resolution
 
 __all__ = [
+    "BINDING_QTYPES",
     "COARSE_QTYPES",
+    "DEFAULT_COARSE_QTYPES",
     "DEFAULT_CLASSES",
     "FINE_QTYPES",
     "QTYPES",

@@ -164,21 +164,25 @@ def place_shapes(
     gap: float = 3.0,
     margin: float = 1.0,
     attempts: int = 60,
+    region: tuple[float, float, float, float] | None = None,
 ) -> list[Shape]:
     """Place (kind, color, r) specs at random non-overlapping centres; a spec that finds no room is dropped.
 
     Two shapes are kept apart by their bounding circles plus `gap` pixels, so they never touch and each mask is
-    exactly one connected, unoccluded shape. `fixed` shapes are already placed and are avoided.
+    exactly one connected, unoccluded shape. `fixed` shapes are already placed and are avoided. `region`
+    (x0, y0, x1, y1) keeps the centres inside [x0, x1) x [y0, y1) (the whole shape still stays on the canvas).
     """
     placed = list(fixed)
     out: list[Shape] = []
     for kind, color, r in specs:
         bound = SHAPE_GEOMETRY[kind]["bound"] * r
         lo, hi = bound + margin, size - 1 - bound - margin
-        if lo > hi:
+        x0, y0, x1, y1 = region if region is not None else (lo, lo, hi + 1, hi + 1)
+        xlo, xhi, ylo, yhi = max(lo, x0), min(hi, x1 - 1), max(lo, y0), min(hi, y1 - 1)
+        if xlo > xhi or ylo > yhi:
             continue
-        xs = rng.uniform(lo, hi, size=attempts)
-        ys = rng.uniform(lo, hi, size=attempts)
+        xs = rng.uniform(xlo, xhi, size=attempts)
+        ys = rng.uniform(ylo, yhi, size=attempts)
         for x, y in zip(np.rint(xs).astype(int), np.rint(ys).astype(int)):
             if all(math.hypot(x - s.x, y - s.y) >= bound + s.bound + gap for s in placed):
                 shape = Shape(kind, color, int(x), int(y), float(r))

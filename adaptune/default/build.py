@@ -46,7 +46,7 @@ from tqdm import tqdm
 
 from adaptune.data import GlyphQAConfig, half_resolution
 from adaptune.data.glyphqa import make_sample
-from adaptune.data.shapes import COLORS, DEFAULT_SHAPES
+from adaptune.data.shapes import COLORS, DEFAULT_SHAPES, Shape, shape_mask
 from adaptune.default import sft
 from adaptune.default.evaluate import answer_fixed, cell_summary, heldout_items, two_turn
 from adaptune.models.tiny import tiny_qwen3_vl
@@ -66,12 +66,14 @@ class BuildConfig:
     train_images: int = 6000
     vocab_size: int = 1024
     steps: tuple[int, int, int, int] = (3000, 2000, 600, 500)
-    max_minutes: tuple[float, float, float, float] = (11.0, 19.0, 5.0, 8.0)
+    max_minutes: tuple[float, float, float, float] = (11.0, 22.0, 5.0, 8.0)
     batch: tuple[int, int, int, int] = (32, 64, 64, 32)
     digit_weight: float = 3.0  # stage 1: extra weight of the digit-token loss (reading the digit is the slow skill)
+    object_weight: float = 4.0  # stage 1: weight of the per-token (colour, shape) multi-hot loss (BCE is small)
     protocol_per_batch: int = 16  # stage 4: protocol conversations per batch, the rest plain VQA
     full_direct_per_batch: int = 6  # stage 4: protocol prompt with the FULL image in the user turn, direct answer
     caption_share: float = 0.25  # stages 2-4: share of plain sequences that are the caption turn instead of a question
+    questions_per_sequence: int = 1  # stages 2-4: questions (distinct types where possible) per plain sequence
     eval_per_kind: int = 150
     text: dict[str, Any] = field(default_factory=lambda: dict(
         hidden_size=192, intermediate_size=512, num_hidden_layers=3, num_attention_heads=6, num_key_value_heads=2,
@@ -112,6 +114,7 @@ class Corpus:
         self.half = [np.array(half_resolution(r["image"].convert("RGB"))) for r in self.rows]
         for r in self.rows:
             del r["image"]
+        self.coverage = {cells: [object_coverage(r["objects"], cells) for r in self.rows] for cells in (4, 2)}
 
     def token_labels(self, i: int, cells: int) -> tuple[list[int], list[int], list[int]]:
         """Per merged token (cells x cells grid): digit (10 = none), colour and shape of the object centred there."""
@@ -123,6 +126,18 @@ class Corpus:
             k = min(cells - 1, obj["y"] // size) * cells + min(cells - 1, obj["x"] // size)
             color[k], shape[k] = COLORS.index(obj["color"]), DEFAULT_SHAPES.index(obj["shape"])
         return digit, color, shape
+
+
+def object_coverage(objects: list[dict[str, Any]], cells: int, min_pixels: int = 24, size: int = 128) -> np.ndarray:
+    """(cells*cells, colours*shapes) multi-hot: which (colour, shape) objects cover >= `min_pixels` (full-resolution
+    pixels) of each merged token's area. The conjunction, not two separate sets, is what binding questions read."""
+    out = np.zeros((cells * cells, len(COLORS) * len(DEFAULT_SHAPES)), dtype=np.float32)
+    step = size // cells
+    for obj in objects:
+        mask = np.asarray(shape_mask(Shape(obj["shape"], obj["color"], obj["x"], obj["y"], obj["radius"]), size)) > 0
+        counts = mask.reshape(cells, step, cells, step).sum(axis=(1, 3)).reshape(-1)
+        out[counts >= min_pixels, COLORS.index(obj["color"]) * len(DEFAULT_SHAPES) + DEFAULT_SHAPES.index(obj["shape"])] = 1
+    return out
 
 
 def tokenize(tok: Any, texts: list[str], pads: list[list[int]]) -> dict[str, torch.Tensor]:
@@ -228,6 +243,7 @@ def stage1(model, corpus: Corpus, cfg: BuildConfig, rng: np.random.Generator, cu
         "shape": torch.nn.Linear(dim, len(DEFAULT_SHAPES) + 1), "count": torch.nn.Linear(2 * dim, 5),
         "main_color": torch.nn.Linear(2 * dim, len(COLORS)),
         "main_shape": torch.nn.Linear(2 * dim, len(DEFAULT_SHAPES)),
+        "objects": torch.nn.Linear(dim, len(COLORS) * len(DEFAULT_SHAPES)),
     })
     n = len(corpus.rows)
 
@@ -257,10 +273,15 @@ def stage1(model, corpus: Corpus, cfg: BuildConfig, rng: np.random.Generator, cu
                    "main_shape": [DEFAULT_SHAPES.index(r["objects"][0]["shape"]) for r in rows]}
         for k, t in targets.items():
             loss = loss + F.cross_entropy(heads[k](pooled), torch.tensor(t))
+        present = torch.from_numpy(np.concatenate([corpus.coverage[cells][i] for i, _, cells in items]))
+        object_logits = heads["objects"](tokens)
+        loss = loss + cfg.object_weight * F.binary_cross_entropy_with_logits(object_logits, present)
+        exact = ((object_logits > 0).float() == present).all(-1).float()
         half_n = sum(c * c for _, _, c in items[: len(idx)])
         correct = (digit_logits.argmax(-1) == digit_t) & has
         return loss, {"digit_full": correct[:half_n].sum().item() / max(1, has[:half_n].sum().item()),
-                      "digit_half": correct[half_n:].sum().item() / max(1, has[half_n:].sum().item())}
+                      "digit_half": correct[half_n:].sum().item() / max(1, has[half_n:].sum().item()),
+                      "objects_full": exact[:half_n].mean().item(), "objects_half": exact[half_n:].mean().item()}
 
     params = [{"params": list(visual.parameters()) + list(heads.parameters()), "lr": 1e-3}]
     return run_loop("stage1", cfg.steps[0], cfg.max_minutes[0], params, step, curves)
@@ -300,6 +321,20 @@ def pick_question(row: dict[str, Any], rng: np.random.Generator) -> int:
     return options[int(rng.integers(len(options)))]
 
 
+def pick_questions(row: dict[str, Any], rng: np.random.Generator, k: int) -> list[int]:
+    """Up to k distinct question indices of `row`, each drawn as in `pick_question` (types repeat only when the
+    image has fewer than k types)."""
+    chosen: list[int] = []
+    for _ in range(min(k, len(row["questions"]))):
+        free = [j for j in range(len(row["questions"])) if j not in chosen]
+        types = sorted({row["qtypes"][j] for j in free} - {row["qtypes"][j] for j in chosen}) or \
+            sorted({row["qtypes"][j] for j in free})
+        want = types[int(rng.integers(len(types)))]
+        options = [j for j in free if row["qtypes"][j] == want]
+        chosen.append(options[int(rng.integers(len(options)))])
+    return chosen
+
+
 def vqa_batch(corpus: Corpus, cfg: BuildConfig, idx: np.ndarray, rng: np.random.Generator):
     """Plain VQA: ONE question per image (or, with probability `caption_share`, the caption request).
 
@@ -312,7 +347,8 @@ def vqa_batch(corpus: Corpus, cfg: BuildConfig, idx: np.ndarray, rng: np.random.
         if rng.random() < cfg.caption_share:
             texts.append(sft.plain_vqa_text([], [], r["caption"], []))
         else:
-            texts.append(sft.plain_vqa_text(r["questions"], r["answers"], None, [pick_question(r, rng)]))
+            texts.append(sft.plain_vqa_text(r["questions"], r["answers"], None,
+                                            pick_questions(r, rng, cfg.questions_per_sequence)))
         img = corpus.full[i] if rng.random() < 0.5 else corpus.half[i]
         images.append(img)
         pads.append([(img.shape[0] // 32) ** 2])
@@ -395,6 +431,19 @@ def save(model, processor, out: Path, info: dict[str, Any]) -> Path:
     return out
 
 
+def load_stage(model: torch.nn.Module, weights: dict[str, torch.Tensor], stage: int) -> None:
+    """Load a stage checkpoint. After stage 1 only the vision tower has trained, so a tokenizer whose size changed
+    (new question texts) may keep it: the untrained text embeddings and LM head stay at their seeded init."""
+    own = model.state_dict()
+    mismatched = [k for k, v in weights.items() if k in own and own[k].shape != v.shape]
+    if mismatched and (stage > 1 or any(".visual." in f".{k}" for k in mismatched)):
+        raise ValueError(f"stage{stage}.pt does not fit this model ({', '.join(mismatched[:3])}); "
+                         "rebuild without --resume or with the tokenizer it was built with")
+    model.load_state_dict({k: v for k, v in weights.items() if k not in mismatched}, strict=not mismatched)
+    if mismatched:
+        print(f"stage 1 checkpoint: kept the seeded init for {len(mismatched)} text tensors (tokenizer size changed)")
+
+
 def build(out: Path, cfg: BuildConfig, work: Path, resume: bool = False, command: str = "") -> dict[str, Any]:
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
@@ -412,7 +461,7 @@ def build(out: Path, cfg: BuildConfig, work: Path, resume: bool = False, command
         for k in (4, 3, 2, 1):
             if (work / f"stage{k}.pt").exists():
                 ckpt = torch.load(work / f"stage{k}.pt", weights_only=False)
-                model.load_state_dict(ckpt["model"])
+                load_stage(model, ckpt["model"], k)
                 state, done = ckpt["state"], k
                 print(f"resumed after stage {k}", flush=True)
                 break
@@ -474,6 +523,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--minutes", default=None, help="wall-clock caps per stage, e.g. 15,14,5,5")
     parser.add_argument("--steps", default=None, help="planned steps per stage, e.g. 3500,1400,500,300")
     parser.add_argument("--digit-weight", type=float, default=None, help="stage-1 weight of the digit-token loss")
+    parser.add_argument("--questions-per-sequence", type=int, default=None,
+                        help="questions per plain VQA sequence in stages 2-4 (default 1)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -489,6 +540,8 @@ def run(args: argparse.Namespace) -> int:
         cfg.steps = tuple(int(x) for x in args.steps.split(","))
     if args.digit_weight is not None:
         cfg.digit_weight = args.digit_weight
+    if args.questions_per_sequence is not None:
+        cfg.questions_per_sequence = args.questions_per_sequence
     if args.quick:
         out = Path(args.out or tempfile.mkdtemp(prefix="adaptune-default-quick-"))
         if out.resolve() == ASSETS.resolve():
