@@ -16,11 +16,10 @@ demo: env
 	$(PY) -m adaptune demo
 
 # Labelling (4 rollouts per question and resolution) keeps the questions where resolution decides the reward
-# (METHODS.md section 5); the GRPO recipe then trains on them. Mostly coarse source rows at T=0.3, because "all 4
-# right at both resolutions" is rare for the default's coarse answers (about 10%): this gives 137 low-res-suffices
-# and 193 needs-high-res rows. One torch thread: fastest on a shared 2-core box.
+# (METHODS.md section 5); the GRPO recipe then trains on them. 1000 rl-split rows, 30% fine, at T=0.3: 531
+# low-res-suffices and 313 needs-high-res rows (156 dropped). One torch thread: fastest on a shared 2-core box.
 demo-rl: env
-	OMP_NUM_THREADS=1 $(PY) -m adaptune label-resolution default --n 4 --num 1600 --split rl --fine-fraction 0.1 \
+	OMP_NUM_THREADS=1 $(PY) -m adaptune label-resolution default --n 4 --num 1000 --split rl --fine-fraction 0.3 \
 		--temperature 0.3 --out runs/visionthink-labels
 	OMP_NUM_THREADS=1 $(PY) -m adaptune train recipes/qwen3_vl/glyphqa/visionthink_grpo.yaml \
 		grpo.data.dataset=runs/visionthink-labels output.overwrite=true

@@ -54,11 +54,11 @@ def test_default_is_a_real_qwen3_vl_and_beats_chance(loaded):
     full = cell_summary(answer_fixed(loaded.model, loaded.processor, items, "full"))
     half = cell_summary(answer_fixed(loaded.model, loaded.processor, items, "half"))
     # The resolution gap is the point: the 7 px digit is read at full resolution (the build measured 1.00 on 150
-    # held-out questions) and not at half (0.11). Coarse chance is ~0.25 over the mix (1/6 colours and shapes, 1/2
-    # positions, ~1/5 counts); the build measured 0.51 full / 0.49 half, short of the 0.80 (BUILD.json).
+    # held-out questions) and not at half (0.09), while coarse questions are answered at both (0.85 / 0.86 on 150;
+    # chance is ~0.3 over the mix: 1/6 colours, 1/4 shapes, 1/2 positions, ~1/4 counts). 20 questions per cell here.
     assert full["fine"]["accuracy"] >= 0.8, full
     assert half["fine"]["accuracy"] <= 0.4, half
-    assert full["coarse"]["accuracy"] >= 0.35 and half["coarse"]["accuracy"] >= 0.35, (full, half)
+    assert full["coarse"]["accuracy"] >= 0.7 and half["coarse"]["accuracy"] >= 0.7, (full, half)
 
 
 def test_plain_vqa_text_matches_the_chat_template(loaded):
