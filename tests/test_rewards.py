@@ -233,13 +233,14 @@ def test_visionthink_reward_with_environments_and_logging() -> None:
     extra: dict[str, list] = {}
     rewards = run(reward(
         prompts=["p1"] * 4 + ["p2"] * 4, completions=completions, completion_ids=[[0]] * 8, answer=["7"] * 8,
-        trainer_state=None, environments=envs, log_metric=metrics.__setitem__,
+        kind=["fine"] * 4 + ["coarse"] * 4, trainer_state=None, environments=envs, log_metric=metrics.__setitem__,
         log_extra=lambda col, values: extra.setdefault(col, []).extend(values),
     ))
     # group 1: r = 1/3 >= 0.2 -> resized rollouts pay 0.1 (paper)
     assert rewards[:4] == pytest.approx([1.5, 1.4, 1.4, 0.5])
     assert rewards[4:] == [None] * 4
     assert metrics["visionthink/resize_rate"] == 0.25 and metrics["visionthink/visual_tokens"] == 32.0
+    assert metrics["visionthink/resize_rate_fine"] == 0.5 and metrics["visionthink/resize_rate_coarse"] == 0.0
     assert metrics["visionthink/dropped_groups"] == 0.5 and metrics["visionthink/accuracy"] == 0.75
     assert metrics["visionthink/judge_requests"] == 8.0  # this batch's judge calls
     assert len(extra["visionthink_accuracy"]) == 8
@@ -253,6 +254,7 @@ def test_visionthink_without_environments_reads_tool_calls_and_zero_std() -> Non
                          log_metric=metrics.__setitem__))
     assert rewards == pytest.approx([1.4, 1.5, 1.5, 1.5])
     assert metrics["visionthink/resize_rate"] == 0.25 and metrics["visionthink/zero_std_groups"] == 0.5
+    assert not any("resize_rate_" in key for key in metrics)  # no kind column, no per-kind rates
 
 
 def test_resolution_penalty_reward_is_negative() -> None:

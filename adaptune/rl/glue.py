@@ -489,7 +489,8 @@ def _rl_curves(run_dir: Path) -> Path | None:
     import matplotlib.pyplot as plt
 
     panels = [("reward", ["reward", "visionthink/accuracy", "visionthink/format"]),
-              ("resize rate", ["visionthink/resize_rate"]),
+              ("resize rate", ["visionthink/resize_rate", "visionthink/resize_rate_fine",
+                               "visionthink/resize_rate_coarse"]),
               ("visual tokens per rollout", ["visionthink/visual_tokens"])]
     fallback = {"visionthink/resize_rate": "env/resize_rate", "visionthink/visual_tokens": "env/visual_tokens"}
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.2))

@@ -290,7 +290,8 @@ def make_visionthink_reward(
 ) -> RewardFn:
     """accuracy_weight * accuracy + format_weight * format - penalty, one judge call per batch, with logging.
 
-    Logs through TRL's `log_metric` (when the trainer passes it): each component's mean, the resize rate, visual
+    Logs through TRL's `log_metric` (when the trainer passes it): each component's mean, the resize rate (also per
+    `kind` when the rows carry one: `resize_rate_fine`, `resize_rate_coarse`), visual
     tokens per sample (from `environments[i].visual_tokens`), dropped and zero-variance group shares and the judge's
     counters for this batch; and per-sample columns through `log_extra`.
     """
@@ -329,6 +330,10 @@ def make_visionthink_reward(
             log_metric(f"{p}/format", _mean(formats))
             log_metric(f"{p}/penalty", _mean(penalties))
             log_metric(f"{p}/resize_rate", _mean([float(r) for r in resized]))
+            kinds = kwargs.get("kind")
+            if isinstance(kinds, (list, tuple)) and len(kinds) == len(resized):  # e.g. GlyphQA's fine / coarse
+                for kind in sorted({k for k in kinds if isinstance(k, str)}):
+                    log_metric(f"{p}/resize_rate_{kind}", _mean([float(r) for r, k in zip(resized, kinds) if k == kind]))
             log_metric(f"{p}/dropped_groups", 1.0 - kept / max(1, len(slices)))
             log_metric(f"{p}/zero_std_groups", zero_std / max(1, kept))
             tokens = [getattr(e, "visual_tokens", None) for e in environments or []]
