@@ -3,14 +3,15 @@
 Why staged (ARCHITECTURE.md, "Training a tiny VLM from scratch"): trained end to end with answer-only loss, a tiny VLM
 learns to ignore the image. So:
 
-1. vision tower only, with throwaway heads on the merger output: per visual token the digit under it (or none) and
-   the colour / shape of the object centred in it; per image the count and the main object's colour and shape. Full
+1. vision tower only, with throwaway heads on the merger output: per visual token the digit under it (or none), the
+   colour / shape of the object centred in it and which (colour, shape) objects cover it; per image the count and the
+   main object's colour and shape. Full
    and half images in every batch. Then every merger's last linear layer gets a per-channel standardization folded
    in (`standardize_mergers`): without it the tokens have norm ~90 in one shared direction and the language model
    never learns to read colour or shape from them.
 2. vision at a low lr, text model + every "merger" (the deepstack merger too: stage-1 heads never train it) at a high
-   lr; ONE question per sequence (type drawn uniformly) or, 25% of the time, the caption request. (With all of an
-   image's questions in one sequence, the questions leak the answers and binding questions stay at chance.)
+   lr; one question per sequence (type drawn uniformly) or, 25% of the time, the caption request. (3 per sequence
+   was measured worse on position questions; docs/glyphqa.md.)
 3. all weights, lower lr, same data.
 4. the resolution-request warm start (`sft.py`): half the protocol conversations answer from the half image, half
    call `resize_image` and answer after the full image, at random; a few answer directly with the FULL image in the
@@ -136,7 +137,8 @@ def object_coverage(objects: list[dict[str, Any]], cells: int, min_pixels: int =
     for obj in objects:
         mask = np.asarray(shape_mask(Shape(obj["shape"], obj["color"], obj["x"], obj["y"], obj["radius"]), size)) > 0
         counts = mask.reshape(cells, step, cells, step).sum(axis=(1, 3)).reshape(-1)
-        out[counts >= min_pixels, COLORS.index(obj["color"]) * len(DEFAULT_SHAPES) + DEFAULT_SHAPES.index(obj["shape"])] = 1
+        pair = COLORS.index(obj["color"]) * len(DEFAULT_SHAPES) + DEFAULT_SHAPES.index(obj["shape"])
+        out[counts >= min_pixels, pair] = 1
     return out
 
 
@@ -313,17 +315,9 @@ def standardize_mergers(model, corpus: Corpus, n: int = 256) -> dict[str, float]
     return norms
 
 
-def pick_question(row: dict[str, Any], rng: np.random.Generator) -> int:
-    """A question index of `row`: question type uniform over the types the image has, then a question of it."""
-    qtypes = sorted(set(row["qtypes"]))
-    want = qtypes[int(rng.integers(len(qtypes)))]
-    options = [j for j, t in enumerate(row["qtypes"]) if t == want]
-    return options[int(rng.integers(len(options)))]
-
-
 def pick_questions(row: dict[str, Any], rng: np.random.Generator, k: int) -> list[int]:
-    """Up to k distinct question indices of `row`, each drawn as in `pick_question` (types repeat only when the
-    image has fewer than k types)."""
+    """Up to k distinct question indices of `row`: each time a question type uniformly among the types not yet drawn
+    (all remaining types once every type is used), then a question of that type."""
     chosen: list[int] = []
     for _ in range(min(k, len(row["questions"]))):
         free = [j for j in range(len(row["questions"])) if j not in chosen]
@@ -336,11 +330,12 @@ def pick_questions(row: dict[str, Any], rng: np.random.Generator, k: int) -> lis
 
 
 def vqa_batch(corpus: Corpus, cfg: BuildConfig, idx: np.ndarray, rng: np.random.Generator):
-    """Plain VQA: ONE question per image (or, with probability `caption_share`, the caption request).
+    """Plain VQA: `questions_per_sequence` questions per image, 1 by default (or, with probability `caption_share`,
+    the caption request).
 
-    One question per sequence on purpose: with all of an image's questions in one sequence the questions themselves
-    leak the answers ("How many green shapes?" names the colours present), the model learns the text shortcut, and
-    single-question accuracy on colour/shape binding stays near chance (measured on the 2026-11 build)."""
+    One by default: with the opt-in binding questions, an image's other questions leak answers ("How many green
+    shapes?" names a colour present); with the default set, 3 per sequence was measured worse on position questions
+    (docs/glyphqa.md)."""
     texts, pads, images = [], [], []
     for i in idx:
         r = corpus.rows[i]
@@ -370,7 +365,8 @@ def lm_stage(name: str, k: int, model, tok, corpus: Corpus, cfg: BuildConfig, rn
     n_proto = cfg.protocol_per_batch if plan is not None else 0
     n_full = cfg.full_direct_per_batch if plan is not None else 0
     if cfg.batch[k] < n_proto + n_full:
-        raise ValueError(f"{name}: batch {cfg.batch[k]} < protocol_per_batch {n_proto} + full_direct_per_batch {n_full}")
+        raise ValueError(f"{name}: batch {cfg.batch[k]} < protocol_per_batch {n_proto} "
+                         f"+ full_direct_per_batch {n_full}")
 
     def step(s: int):
         texts, pads, images = vqa_batch(corpus, cfg, rng.integers(n, size=cfg.batch[k] - n_proto - n_full), rng)
@@ -379,7 +375,7 @@ def lm_stage(name: str, k: int, model, tok, corpus: Corpus, cfg: BuildConfig, rn
             texts, pads, images = t2 + texts, p2 + pads, i2 + images
         for i in rng.integers(n, size=n_full):  # the always-full format: protocol prompt, FULL image, direct answer
             row = corpus.rows[i]
-            j = pick_question(row, rng)
+            j = pick_questions(row, rng, 1)[0]
             texts.append(sft.render(processor, sft.protocol_messages(row["questions"][j], row["answers"][j])))
             pads.append([16])
             images.append(corpus.full[i])

@@ -333,7 +333,8 @@ def make_visionthink_reward(
             kinds = kwargs.get("kind")
             if isinstance(kinds, (list, tuple)) and len(kinds) == len(resized):  # e.g. GlyphQA's fine / coarse
                 for kind in sorted({k for k in kinds if isinstance(k, str)}):
-                    log_metric(f"{p}/resize_rate_{kind}", _mean([float(r) for r, k in zip(resized, kinds) if k == kind]))
+                    rate = _mean([float(r) for r, k in zip(resized, kinds) if k == kind])
+                    log_metric(f"{p}/resize_rate_{kind}", rate)
             log_metric(f"{p}/dropped_groups", 1.0 - kept / max(1, len(slices)))
             log_metric(f"{p}/zero_std_groups", zero_std / max(1, kept))
             tokens = [getattr(e, "visual_tokens", None) for e in environments or []]
