@@ -46,8 +46,10 @@ def main() -> None:
 
     loaded = load_model("default")
     model, processor = loaded.model, loaded.processor
-    adapter = Path(args.adapter) if args.adapter else (DEMO_ADAPTER if DEMO_ADAPTER.exists() else None)
-    adapter = None if args.no_adapter else adapter
+    if args.no_adapter:
+        adapter = None
+    else:
+        adapter = Path(args.adapter) if args.adapter else (DEMO_ADAPTER if DEMO_ADAPTER.exists() else None)
     if adapter is not None:
         model = load_adapter(model, adapter)
     policy_name = f"policy ({adapter})" if adapter else "policy (warm-started default, no RL adapter)"

@@ -69,7 +69,6 @@ COARSE_QTYPES = DEFAULT_COARSE_QTYPES + BINDING_QTYPES
 FINE_QTYPES = ("digit",)
 QTYPES = COARSE_QTYPES + FINE_QTYPES
 POSITION_WORDS = ("left", "right", "above", "below")
-SIDE_WORDS = ("left", "right", "top", "bottom")
 SPLITS = ("train", "validation", "test")
 _TAG = "glyphqa"
 

@@ -11,7 +11,7 @@ learns to ignore the image. So:
    never learns to read colour or shape from them.
 2. vision at a low lr, text model + every "merger" (the deepstack merger too: stage-1 heads never train it) at a high
    lr; one question per sequence (type drawn uniformly) or, 25% of the time, the caption request. (3 per sequence
-   was measured worse on position questions; docs/glyphqa.md.)
+   was measured worse at full resolution; docs/glyphqa.md.)
 3. all weights, lower lr, same data.
 4. the resolution-request warm start (`sft.py`): half the protocol conversations answer from the half image, half
    call `resize_image` and answer after the full image, at random; a few answer directly with the FULL image in the
@@ -334,7 +334,7 @@ def vqa_batch(corpus: Corpus, cfg: BuildConfig, idx: np.ndarray, rng: np.random.
     the caption request).
 
     One by default: with the opt-in binding questions, an image's other questions leak answers ("How many green
-    shapes?" names a colour present); with the default set, 3 per sequence was measured worse on position questions
+    shapes?" names a colour present); with the default set, 3 per sequence was measured worse at full resolution
     (docs/glyphqa.md)."""
     texts, pads, images = [], [], []
     for i in idx:
