@@ -20,8 +20,9 @@ from typing import Any
 import torch
 from PIL import Image
 
-from adaptune.data import GlyphQAConfig, half_resolution
-from adaptune.data.calibration import calibration
+from adaptune.budget.resolution import downsample
+from adaptune.data import GlyphQAConfig
+from adaptune.eval.calibration import calibration
 from adaptune.default import verify_assets
 from adaptune.default.evaluate import answer_fixed, cell_summary, heldout_items, two_turn
 from adaptune.models import load_model
@@ -32,7 +33,7 @@ from adaptune.utils.io import atomic_write_json, atomic_write_text
 def _example_image(item: dict[str, Any], path: Path) -> None:
     """Full (128 px) and half (64 px, shown enlarged 2x with NEAREST) side by side."""
     full = item["image"]
-    half = half_resolution(full).resize(full.size, Image.NEAREST)
+    half = downsample(full).resize(full.size, Image.NEAREST)
     canvas = Image.new("RGB", (full.width * 2 + 8, full.height), "white")
     canvas.paste(full, (0, 0))
     canvas.paste(half, (full.width + 8, 0))

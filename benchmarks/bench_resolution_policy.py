@@ -42,7 +42,8 @@ def main() -> None:
     from adaptune.adapters import load_adapter
     from adaptune.data import GlyphQAConfig, heldout_mix
     from adaptune.models import load_model
-    from adaptune.rl.inference import answer_with_resolution_policy, score_results, summarize
+    from adaptune.budget.two_turn import answer_with_resolution_policy, summarize
+    from adaptune.rl.inference import score_results
 
     loaded = load_model("default")
     model, processor = loaded.model, loaded.processor

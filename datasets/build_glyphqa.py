@@ -30,7 +30,7 @@ from adaptune.data import (  # noqa: E402
     generate_refseg,
     heldout_mix,
 )
-from adaptune.data.calibration import calibration  # noqa: E402
+from adaptune.eval.calibration import calibration  # noqa: E402
 
 PARTS = ("glyphqa", "refseg", "fewshot", "clip_pairs")
 

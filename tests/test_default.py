@@ -11,7 +11,7 @@ import torch
 
 from adaptune.default import ASSETS, DefaultModelError, default_model_path, verify_assets
 from adaptune.default import sft
-from adaptune.rl.prompting import tool_call_text, tool_schema
+from adaptune.budget.protocol import tool_call_text, tool_schema
 
 
 @pytest.fixture(scope="module")

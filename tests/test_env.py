@@ -8,6 +8,8 @@ import datasets
 import pytest
 from PIL import Image
 
+from adaptune.budget import downsample
+from adaptune.budget.protocol import SYSTEM_PROMPT, tool_schema
 from adaptune.models import build_tiny, get_family
 from adaptune.rl.data import DataParams, load_grpo_rows, to_grpo_rows
 from adaptune.rl.env import (
@@ -16,9 +18,7 @@ from adaptune.rl.env import (
     EnvFactory,
     EnvStats,
     ResolutionEnv,
-    downsample,
 )
-from adaptune.rl.prompting import SYSTEM_PROMPT, tool_schema
 
 SPEC = get_family("qwen3_vl")
 
@@ -101,7 +101,7 @@ def test_factory_shares_stats_and_snapshot_reports_rates(processor, full):
 
 
 def test_downsample_halves_width_and_height(full):
-    assert downsample(full).size == (64, 64) and downsample(full, 1.0) is full
+    assert downsample(full).size == (64, 64) and downsample(full, 1.0).size == full.size
     with pytest.raises(ValueError):
         downsample(full, 0)
 

@@ -22,10 +22,10 @@ from adaptune.data import (
     build_split,
     explode_questions,
     generate_glyphqa,
-    half_resolution,
     heldout_mix,
 )
-from adaptune.data.calibration import calibration, digit_crops, digit_separability
+from adaptune.budget import downsample
+from adaptune.eval.calibration import calibration, digit_crops, digit_separability
 from adaptune.data.glyphqa import POSITION_WORDS, render_scene, sample_scene
 from adaptune.data.glyphs import digit_extent
 from adaptune.data.shapes import COLORS, SHAPES, draw_shapes, rng_for, shape_mask
@@ -176,11 +176,13 @@ def test_digit_is_blurred_at_half_resolution():
 
 def test_half_resolution_is_a_box_mean():
     pixels = np.random.default_rng(0).integers(0, 256, size=(8, 8, 3), dtype=np.uint8)
-    half = np.asarray(half_resolution(Image.fromarray(pixels)), dtype=float)
+    half = np.asarray(downsample(Image.fromarray(pixels)), dtype=float)
     block_mean = pixels.reshape(4, 2, 4, 2, 3).mean(axis=(1, 3))
     assert half.shape == (4, 4, 3) and np.abs(half - block_mean).max() <= 1.0
-    with pytest.raises(ValueError, match="not divisible"):
-        half_resolution(Image.new("RGB", (9, 9)))
+    assert downsample(Image.new("RGB", (9, 9))).size == (4, 4)  # rounded, as the RL environment always did
+    for bad in (0, 1.5, -0.5, True):
+        with pytest.raises(ValueError, match="factor"):
+            downsample(Image.new("RGB", (8, 8)), bad)
 
 
 def test_calibration_returns_png(tmp_path):

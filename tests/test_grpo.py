@@ -25,8 +25,8 @@ from adaptune.rl.glue import (
     run_grpo_recipe,
     tool_suffix_tokens,
 )
-from adaptune.rl.inference import vision_token_ids
-from adaptune.rl.prompting import tool_call_text
+from adaptune.budget.protocol import tool_call_text
+from adaptune.budget.two_turn import vision_token_ids
 from adaptune.train.rundir import latest_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]

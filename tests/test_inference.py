@@ -5,10 +5,12 @@ from __future__ import annotations
 import pytest
 from PIL import Image
 
+from adaptune.budget import two_turn
+from adaptune.budget.protocol import is_resize_call as resize_call
+from adaptune.budget.protocol import tool_call_text
+from adaptune.budget.two_turn import answer_with_resolution_policy, vision_token_ids
 from adaptune.models import build_tiny, get_family
-from adaptune.rl import inference
-from adaptune.rl.inference import answer_with_resolution_policy, compare_methods, resize_call, vision_token_ids
-from adaptune.rl.prompting import tool_call_text
+from adaptune.rl.inference import compare_methods
 
 CALL = "<think>too small</think>\n" + tool_call_text()
 
@@ -40,7 +42,7 @@ def scripted(monkeypatch):
                 outs.append("<think>easy</think><answer>3</answer>")
         return outs
 
-    monkeypatch.setattr(inference, "generate_texts", fake)
+    monkeypatch.setattr(two_turn, "generate_texts", fake)
     return calls
 
 

@@ -10,7 +10,7 @@ from PIL import Image
 
 from adaptune.cli import main
 from adaptune.rl import labeling
-from adaptune.rl.inference import Result
+from adaptune.budget.two_turn import Result
 from adaptune.rl.labeling import (
     DROP,
     LOW_RES_SUFFICES,
@@ -63,7 +63,7 @@ def test_rollout_counts_use_both_resolutions(monkeypatch):
         answer = "7" if always == "full" else "1"
         return [Result(answer, False, 16 if always == "full" else 4, 1, []) for _ in images]
 
-    monkeypatch.setattr("adaptune.rl.inference.answer_with_resolution_policy", fake)
+    monkeypatch.setattr("adaptune.budget.two_turn.answer_with_resolution_policy", fake)
     images = [Image.new("RGB", (128, 128))] * 2
     counts = labeling.rollout_correct_counts(None, None, images, ["q", "q"], ["7", "1"], n=3)
     assert seen == [("low", 6), ("full", 6)]

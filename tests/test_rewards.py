@@ -12,7 +12,8 @@ from types import SimpleNamespace
 import pytest
 
 from adaptune.registry import REWARDS
-from adaptune.rl.answers import assistant_turns, check_format, count_tool_calls, extract_answer, extract_boxed
+from adaptune.budget.answers import assistant_turns, count_tool_calls, extract_answer, extract_boxed
+from adaptune.budget.protocol import check_format
 from adaptune.rl.judges import JudgeItem, Verdict
 from adaptune.rl.judges.base import BaseJudge
 from adaptune.rl.rewards import (

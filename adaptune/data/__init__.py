@@ -1,10 +1,10 @@
 """Synthetic data sets for adaptune: GlyphQA (resolution-sensitive VQA) and its companion sets.
 
 - `glyphqa`: shapes + one small digit on a patch centre; coarse questions answerable at half resolution, fine
-  (digit) questions only at full resolution. `generate_glyphqa`, `heldout_mix`, `half_resolution`.
+  (digit) questions only at full resolution. `generate_glyphqa`, `heldout_mix`.
+  (Half resolution is `adaptune.budget.downsample`, the one downsampler.)
 - `companions`: referring segmentation (`generate_refseg`), few-shot colour-shape classification
   (`generate_fewshot`, `sample_k_shot`, `class_prompts`) and CLIP caption pairs (`generate_caption_pairs`).
-- `calibration`: full vs half resolution digit windows as a PNG figure for reports.
 - `shapes`, `glyphs`: the shared drawing kit (palette, geometry, seeding, fonts shipped with matplotlib).
 
 Build everything on disk with `python datasets/build_glyphqa.py --out DIR`.
@@ -34,7 +34,6 @@ from adaptune.data.glyphqa import (
     heldout_mix,
     make_sample,
 )
-from adaptune.data.glyphs import half_resolution
 
 __all__ = [
     "BINDING_QTYPES",
@@ -54,7 +53,6 @@ __all__ = [
     "generate_fewshot",
     "generate_glyphqa",
     "generate_refseg",
-    "half_resolution",
     "heldout_mix",
     "make_sample",
     "sample_k_shot",

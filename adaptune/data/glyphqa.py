@@ -16,7 +16,7 @@ That gap is what a resolution-request policy (VisionThink-style GRPO) must learn
 
 Row schema (one row per image; `generate_glyphqa` / `build_split` return `datasets` objects with these columns):
     id               str   "glyphqa-s{seed}-{split}-{index:06d}", stable for a (seed, split, index)
-    image            Image PIL RGB, image_size x image_size (full resolution; see `half_resolution`)
+    image            Image PIL RGB, image_size x image_size (full resolution; see `adaptune.budget.downsample`)
     question/answer  str   the row's primary question and its short answer ("red", "3", "circle", "left", "7")
     kind, qtype      str   "coarse" | "fine", and one of QTYPES
     caption          str   e.g. "3 shapes, left to right: a small blue circle, a big red square with the digit 7, ..."
@@ -27,10 +27,9 @@ Exactly round(fine_fraction * n) rows of a split have a fine primary question (a
 a coarse primary question picks a qtype uniformly among those the image supports, then one question of it.
 
 How:
-    from adaptune.data import GlyphQAConfig, generate_glyphqa, heldout_mix, half_resolution
+    from adaptune.data import GlyphQAConfig, generate_glyphqa, heldout_mix
     dsd = generate_glyphqa(GlyphQAConfig(seed=0, num_images=5000))      # train / validation / test
     mix = heldout_mix(GlyphQAConfig(seed=0), fine_fraction=0.3)         # the RL evaluation mix
-    small = half_resolution(dsd["train"][0]["image"])                    # 64 x 64, Image.BOX
 Images depend only on (seed, split, index): identical seeds give byte-identical images and identical rows.
 """
 

@@ -1,16 +1,15 @@
-"""Printed digits and resolution helpers for GlyphQA.
+"""Printed digits for GlyphQA.
 
 What: loads a TrueType font that ships inside matplotlib (never a system font, so every machine renders the same
-pixels), renders tight digit masks of a requested ink height, stamps a digit centred on a pixel, and downsamples an
-image the way GlyphQA's "half resolution" is defined.
+pixels), renders tight digit masks of a requested ink height, and stamps a digit centred on a pixel. (Half resolution
+is `adaptune.budget.downsample`, the one downsampler shared by data, training, RL and evaluation.)
 
 Why: the fine GlyphQA question is only fair if the digit is exactly `digit_px` pixels tall and centred on a vision
 patch centre; measuring the ink (not the font's nominal size) makes that true for any font.
 
 How:
-    from adaptune.data.glyphs import digit_mask, stamp_digit, half_resolution
+    from adaptune.data.glyphs import digit_mask, stamp_digit
     mask = digit_mask(7, digit_px=7)          # PIL "L", ink height 7 px
-    half = half_resolution(img)               # 128 px -> 64 px with Image.BOX (block mean)
 """
 
 from __future__ import annotations
@@ -23,7 +22,6 @@ import matplotlib
 from PIL import Image, ImageDraw, ImageFont
 
 DEFAULT_FONT = "DejaVuSans-Bold.ttf"
-HALF_RES_FILTER = Image.Resampling.BOX
 
 
 def font_dir() -> Path:
@@ -111,16 +109,3 @@ def contrasting_ink(rgb: tuple[int, int, int]) -> tuple[int, int, int]:
     """Black on light fills (yellow, orange), white on dark ones (red, green, blue, purple)."""
     luma = 0.299 * rgb[0] + 0.587 * rgb[1] + 0.114 * rgb[2]
     return (0, 0, 0) if luma > 140 else (255, 255, 255)
-
-
-def half_resolution(img: Image.Image, factor: int = 2) -> Image.Image:
-    """Downsample by an integer `factor` with `Image.BOX`: each output pixel is the mean of a factor x factor block.
-
-    BOX is the plain area average (no sharpening, no ringing), i.e. what a sensor with `factor`-times bigger pixels
-    records; a 7 px digit becomes ~3.5 px of blur while flat shapes keep their exact colour.
-    """
-    if factor < 1 or int(factor) != factor:
-        raise ValueError(f"factor must be a positive integer, got {factor}")
-    if img.width % factor or img.height % factor:
-        raise ValueError(f"image size {img.size} is not divisible by factor {factor}")
-    return img.resize((img.width // factor, img.height // factor), HALF_RES_FILTER)

@@ -45,14 +45,15 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from adaptune.data import GlyphQAConfig, half_resolution
+from adaptune.budget.protocol import user_messages
+from adaptune.budget.resolution import downsample
+from adaptune.data import GlyphQAConfig
 from adaptune.data.glyphqa import make_sample
 from adaptune.data.shapes import COLORS, DEFAULT_SHAPES, Shape, shape_mask
 from adaptune.default import sft
 from adaptune.default.evaluate import answer_fixed, cell_summary, heldout_items, two_turn
 from adaptune.models.tiny import tiny_qwen3_vl
 from adaptune.models.tokenizer import build_tokenizer
-from adaptune.rl.prompting import user_messages
 from adaptune.utils.io import atomic_dir, atomic_write_json
 
 MEAN = torch.tensor((0.48145466, 0.4578275, 0.40821073))
@@ -112,7 +113,7 @@ class Corpus:
         gcfg = GlyphQAConfig(seed=cfg.seed)
         self.rows = [make_sample(gcfg, "train", i, False) for i in range(cfg.train_images)]
         self.full = [np.array(r["image"].convert("RGB")) for r in self.rows]
-        self.half = [np.array(half_resolution(r["image"].convert("RGB"))) for r in self.rows]
+        self.half = [np.array(downsample(r["image"])) for r in self.rows]
         for r in self.rows:
             del r["image"]
         self.coverage = {cells: [object_coverage(r["objects"], cells) for r in self.rows] for cells in (4, 2)}

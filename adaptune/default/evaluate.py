@@ -1,5 +1,7 @@
 """Evaluation of the embedded default on held-out GlyphQA: fixed resolution, and its own choice of resizing.
 
+Both run the one two-turn loop of the package (`adaptune.budget.two_turn`), with the one downsampler
+(`adaptune.budget.downsample`) and visual tokens counted by the model family:
 - `answer_fixed`: the protocol prompt with the image at one resolution and the assistant turn prefilled with the
   direct-answer thought, so the model only writes the answer (accuracy per kind x resolution).
 - `two_turn`: free generation at half resolution; when the first turn holds a `resize_image` call, the tool turn with
@@ -17,14 +19,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 
-from adaptune.data import GlyphQAConfig, build_split, half_resolution
-from adaptune.default.sft import parse_tool_call, protocol_messages, render, well_formed
-from adaptune.rl.prompting import direct_prefix
-from adaptune.tasks.vqa import extract_answer, normalize
-
-VISUAL_TOKENS = {"full": 16, "half": 4}
+from adaptune.budget.protocol import turn_format
+from adaptune.budget.two_turn import answer_with_resolution_policy
+from adaptune.data import GlyphQAConfig, build_split
+from adaptune.tasks.vqa import normalize
 
 
 def heldout_items(per_kind: int = 50, seed: int = 0, split: str = "test") -> list[dict[str, Any]]:
@@ -41,35 +40,21 @@ def heldout_items(per_kind: int = 50, seed: int = 0, split: str = "test") -> lis
     return items
 
 
-@torch.no_grad()
-def generate(model: torch.nn.Module, processor: Any, texts: list[str], images: list[list[Image.Image]],
-             max_new_tokens: int = 40, do_sample: bool = False, temperature: float = 1.0) -> list[str]:
-    """Batched generation with the vision special tokens suppressed (the shared `rl.inference` helper)."""
-    from adaptune.rl.inference import generate_texts
-
-    return generate_texts(model, processor, texts, images, max_new_tokens, do_sample, temperature)
-
-
-def _batches(n: int, size: int):
-    for start in range(0, n, size):
-        yield range(start, min(n, start + size))
+def _correct(prediction: str | None, answer: str) -> bool:
+    return bool(prediction) and normalize(prediction) == normalize(answer)
 
 
 def answer_fixed(model: torch.nn.Module, processor: Any, items: list[dict[str, Any]], resolution: str,
                  batch_size: int = 32) -> list[dict[str, Any]]:
     """Direct answers with the image at `resolution` ("full" or "half"); one result dict per item."""
-    results = []
-    prefix = direct_prefix()
-    for idx in _batches(len(items), batch_size):
-        chunk = [items[i] for i in idx]
-        texts = [render(processor, protocol_messages(it["question"]), generation_prompt=True) + prefix for it in chunk]
-        images = [[it["image"] if resolution == "full" else half_resolution(it["image"])] for it in chunk]
-        for it, gen in zip(chunk, generate(model, processor, texts, images, max_new_tokens=8)):
-            pred = gen.split("</answer>")[0].strip()
-            results.append({"kind": it["kind"], "qtype": it["qtype"], "resolution": resolution, "prediction": pred,
-                            "answer": it["answer"], "correct": normalize(pred) == normalize(it["answer"]),
-                            "visual_tokens": VISUAL_TOKENS[resolution], "resized": False})
-    return results
+    if resolution not in ("full", "half"):
+        raise ValueError(f"resolution must be 'full' or 'half', got {resolution!r}")
+    results = answer_with_resolution_policy(
+        model, processor, [it["image"] for it in items], [it["question"] for it in items],
+        always="full" if resolution == "full" else "low", max_new_tokens=12, batch_size=batch_size)
+    return [{"kind": it["kind"], "qtype": it["qtype"], "resolution": resolution, "prediction": r.answer or "",
+             "answer": it["answer"], "correct": _correct(r.answer, it["answer"]), "visual_tokens": r.visual_tokens,
+             "resized": False} for it, r in zip(items, results, strict=True)]
 
 
 def two_turn(model: torch.nn.Module, processor: Any, items: list[dict[str, Any]], do_sample: bool = False,
@@ -77,32 +62,19 @@ def two_turn(model: torch.nn.Module, processor: Any, items: list[dict[str, Any]]
     """The model's own choice: half-resolution first turn; a resize call gets the full image in a tool turn."""
     if do_sample:
         torch.manual_seed(seed)
-    results = []
-    for idx in _batches(len(items), batch_size):
-        chunk = [items[i] for i in idx]
-        halves = [half_resolution(it["image"]) for it in chunk]
-        texts = [render(processor, protocol_messages(it["question"]), generation_prompt=True) for it in chunk]
-        first = generate(model, processor, texts, [[h] for h in halves], 48, do_sample, temperature)
-        second_idx = [k for k, text in enumerate(first) if "<tool_call>" in text and parse_tool_call(text)]
-        finals = {k: first[k] for k in range(len(chunk))}
-        if second_idx:
-            texts2 = [render(processor, protocol_messages(chunk[k]["question"], resize=True), generation_prompt=True)
-                      for k in second_idx]
-            images2 = [[halves[k], chunk[k]["image"]] for k in second_idx]
-            for k, text in zip(second_idx, generate(model, processor, texts2, images2, 40, do_sample, temperature)):
-                finals[k] = text
-        for k, it in enumerate(chunk):
-            resized = k in second_idx
-            pred = extract_answer(finals[k]) if "<answer>" in finals[k] else ""
-            results.append({
-                "kind": it["kind"], "qtype": it["qtype"], "resolution": "auto", "first_turn": first[k],
-                "final_turn": finals[k], "format": well_formed(first[k]), "resized": resized,
-                "tool_tag": "<tool_call>" in first[k], "prediction": pred, "answer": it["answer"],
-                "correct": bool(pred) and normalize(pred) == normalize(it["answer"]),
-                "final_format": well_formed(finals[k]) if resized else well_formed(first[k]),
-                "visual_tokens": VISUAL_TOKENS["half"] + (VISUAL_TOKENS["full"] if resized else 0),
-            })
-    return results
+    results = answer_with_resolution_policy(
+        model, processor, [it["image"] for it in items], [it["question"] for it in items], max_new_tokens=48,
+        do_sample=do_sample, temperature=temperature, batch_size=batch_size)
+    out = []
+    for it, r in zip(items, results, strict=True):
+        first, final = r.raw[0], r.raw[-1]
+        out.append({
+            "kind": it["kind"], "qtype": it["qtype"], "resolution": "auto", "first_turn": first, "final_turn": final,
+            "format": turn_format(first), "resized": r.resized, "tool_tag": "<tool_call>" in first,
+            "prediction": r.answer or "", "answer": it["answer"], "correct": _correct(r.answer, it["answer"]),
+            "final_format": turn_format(final), "visual_tokens": r.visual_tokens,
+        })
+    return out
 
 
 def cell_summary(results: list[dict[str, Any]]) -> dict[str, dict[str, float]]:

@@ -4,7 +4,7 @@ Two formats, both rendered as the trl-shipped `qwen3_vl` chat template renders t
 
 - plain VQA (curriculum stages 2-3, mixed into stage 4): one image, ALL its questions in shuffled order, each
   answered as `<answer>X</answer>`, then a caption turn ("Describe the image."). No system prompt: short sequences.
-- protocol (stage 4, the warm start for GRPO): system prompt + tool schema from `adaptune.rl.prompting`, the
+- protocol (stage 4, the warm start for GRPO): system prompt + tool schema from `adaptune.budget.protocol`, the
   HALF-resolution image and one question. With probability `resize_rate`, drawn independently of the question's kind
   (the RL stage must learn WHEN to resize; the warm start must not already know), the assistant calls
   `resize_image`, the tool turn returns the FULL image, and the assistant answers; otherwise it answers directly.
@@ -16,39 +16,25 @@ Two formats, both rendered as the trl-shipped `qwen3_vl` chat template renders t
 
 from __future__ import annotations
 
-import json
-import re
 from typing import Any
 
 import numpy as np
 
-from adaptune.rl.prompting import (
+from adaptune.budget.protocol import (
     AFTER_RESIZE_THOUGHT,
     DIRECT_THOUGHT,
-    RESIZE_ACTION,
     RESIZE_THOUGHT,
-    TOOL_NAME,
-    TOOL_RESULT_TEXT,
     direct_answer,
-    tool_schema,
+    render,
+    tool_call,
+    tool_call_message,
+    tool_result_message,
+    turn_format,
     user_messages,
 )
 
 CAPTION_REQUEST = "Describe the image."
 IMAGE_SLOT = "<|vision_start|><|image_pad|><|vision_end|>"
-
-_TOOL_CALL_RE = re.compile(r"<tool_call>\s*(\{.*?\})\s*</tool_call>", re.DOTALL)
-
-
-def tool_call() -> dict[str, Any]:
-    """The assistant-side tool call, in the message format TRL builds from a parsed completion."""
-    return {"type": "function", "function": {"name": TOOL_NAME, "arguments": {"action": RESIZE_ACTION}}}
-
-
-def tool_result_message() -> dict[str, Any]:
-    """The tool turn: the full-resolution image (placeholder; pass the image to the processor) and a short text."""
-    content = [{"type": "image"}, {"type": "text", "text": TOOL_RESULT_TEXT}]
-    return {"role": "tool", "name": TOOL_NAME, "content": content}
 
 
 def protocol_messages(question: str, answer: str | None = None, resize: bool = False) -> list[dict[str, Any]]:
@@ -59,20 +45,13 @@ def protocol_messages(question: str, answer: str | None = None, resize: bool = F
     """
     messages = user_messages(question)
     if resize:
-        messages.append({"role": "assistant", "content": f"<think>{RESIZE_THOUGHT}</think>",
-                         "tool_calls": [tool_call()]})
+        messages.append(tool_call_message(RESIZE_THOUGHT))
         messages.append(tool_result_message())
         if answer is not None:
             messages.append({"role": "assistant", "content": direct_answer(AFTER_RESIZE_THOUGHT, answer)})
     elif answer is not None:
         messages.append({"role": "assistant", "content": direct_answer(DIRECT_THOUGHT, answer)})
     return messages
-
-
-def render(processor: Any, messages: list[dict[str, Any]], generation_prompt: bool = False) -> str:
-    """Text exactly as TRL renders it during GRPO (the resize tool schema in the system turn)."""
-    return processor.apply_chat_template(messages, tools=[tool_schema()], tokenize=False,
-                                         add_generation_prompt=generation_prompt)
 
 
 def plain_turns(questions: list[str], answers: list[str], caption: str | None, order: list[int]) -> list[tuple[str, str]]:
@@ -112,26 +91,10 @@ def plan_protocol(rows: list[dict[str, Any]], n: int, seed: int, fine_share: flo
     return plan
 
 
-def parse_tool_call(text: str) -> dict[str, Any] | None:
-    """The first well-formed `resize_image` call in a completion ({"name", "arguments"}), else None."""
-    match = _TOOL_CALL_RE.search(text)
-    if not match:
-        return None
-    try:
-        call = json.loads(match.group(1))
-    except json.JSONDecodeError:
-        return None
-    if call.get("name") != TOOL_NAME or call.get("arguments") != {"action": RESIZE_ACTION}:
-        return None
-    return call
-
-
 def well_formed(text: str) -> str | None:
-    """The GRPO format rule (METHODS.md section 5): "tool" for `<think>..</think>` + one tool call and no answer,
-    "answer" for `<think>..</think><answer>..</answer>`, None otherwise."""
-    text = text.strip()
-    if re.fullmatch(r"<think>[^<]*</think>\s*<tool_call>\s*\{.*?\}\s*</tool_call>", text, re.DOTALL):
-        return "tool" if parse_tool_call(text) else None
-    if re.fullmatch(r"<think>[^<]*</think><answer>[^<]*</answer>", text):
-        return "answer"
-    return None
+    """The GRPO format rule per turn: "tool", "answer" or None (`adaptune.budget.protocol.turn_format`)."""
+    return turn_format(text)
+
+
+__all__ = ["CAPTION_REQUEST", "IMAGE_SLOT", "plain_turns", "plain_vqa_messages", "plain_vqa_text", "plan_protocol",
+           "protocol_messages", "render", "tool_call", "tool_result_message", "well_formed"]

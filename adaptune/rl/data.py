@@ -26,8 +26,8 @@ from typing import Any
 import datasets
 from PIL import Image
 
-from .env import downsample as downsample_image
-from .prompting import SYSTEM_PROMPT
+from ..budget.protocol import SYSTEM_PROMPT
+from ..budget.resolution import downsample as downsample_image
 
 log = logging.getLogger("adaptune")
 KEEP_COLUMNS = ("question", "answer", "kind", "qtype", "id", "label")
@@ -57,7 +57,7 @@ class DataParams:
 
 def prompt_messages(question: str) -> list[dict[str, Any]]:
     """System prompt + the question as text; TRL inserts the row's `image` before it (same layout as
-    `prompting.user_messages`)."""
+    `adaptune.budget.protocol.user_messages`)."""
     return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": question}]
 
 

@@ -4,7 +4,7 @@ Why: VisionThink (METHODS.md section 5) shows the model a downsampled image firs
 TRL 1.16 runs such multi-turn rollouts natively through `GRPOTrainer(environment_factory=...)`: one environment
 instance per rollout, `reset(**row)` with every dataset column, and every public method of the class becomes a tool
 (its signature and docstring are the schema). The tool surface itself (name, docstring, argument) lives in
-`adaptune.rl.prompting.ResizeTool`, shared with the warm-start data and the inference helper.
+`adaptune.budget.protocol.ResizeTool`, shared with the warm-start data and the inference loop.
 
 What an environment records per rollout (read by `adaptune.rl.rewards` and the run's logs):
 - `resized`: whether the full image was returned (at most once; a second call gets an error text, not an image);
@@ -30,22 +30,13 @@ from typing import Any
 
 from PIL import Image
 
+from ..budget.protocol import RESIZE_ACTION, TOOL_RESULT_TEXT, ResizeTool
+from ..budget.resolution import TokenCounter
 from ..models import FamilySpec
-from .prompting import RESIZE_ACTION, TOOL_RESULT_TEXT, ResizeTool
 
 ALREADY_RESIZED = "Error: the full-resolution image was already provided; answer the question now."
 MISSING_FULL = "Error: no full-resolution image is available for this question; answer from the image you have."
 BAD_ACTION = 'Error: invalid action {action!r}; the only valid call is resize_image(action="resize").'
-
-
-def downsample(image: Image.Image, factor: float = 0.5) -> Image.Image:
-    """Scale width and height by `factor` (0.5 = half each, a quarter of the pixels) with an area (BOX) filter."""
-    if not 0.0 < factor <= 1.0:
-        raise ValueError(f"downsample factor must be in (0, 1], got {factor}")
-    if factor == 1.0:
-        return image
-    size = (max(1, round(image.width * factor)), max(1, round(image.height * factor)))
-    return image.convert("RGB").resize(size, Image.BOX)
 
 
 @dataclass
@@ -91,6 +82,7 @@ class EnvStats:
 class ResolutionEnv(ResizeTool):
     """One rollout's state: the low-resolution image is in the prompt, `resize_image` returns the full one once.
 
+    >>> from adaptune.budget import downsample
     >>> from adaptune.models import build_tiny, get_family
     >>> _, processor = build_tiny("qwen3_vl")
     >>> env = ResolutionEnv(processor, get_family("qwen3_vl"))
@@ -104,7 +96,7 @@ class ResolutionEnv(ResizeTool):
 
     def __init__(self, processor: Any, family: FamilySpec, image_key: str = "image", full_image_key: str = "full_image",
                  stats: EnvStats | None = None, result_text: str = TOOL_RESULT_TEXT) -> None:
-        self._processor, self._family = processor, family
+        self._tokens = TokenCounter(family, processor)
         self._image_key, self._full_image_key = image_key, full_image_key
         self._stats = stats if stats is not None else EnvStats()
         self._result_text = result_text
@@ -126,9 +118,6 @@ class ResolutionEnv(ResizeTool):
         self.visual_tokens = self.low_tokens
         self._stats.add(rollouts=1, visual_tokens=self.low_tokens, missing_full=int(self._full is None))
         return None
-
-    def _tokens(self, image: Image.Image) -> int:
-        return self._family.visual_tokens(self._processor, image.height, image.width)
 
     def _error(self, message: str, **counter: int) -> str:
         self.errors.append(message)
@@ -170,5 +159,5 @@ def make_env_factory(processor: Any, family: FamilySpec, **options: Any) -> EnvF
 
 EnvironmentFactory = Callable[[], ResolutionEnv]
 
-__all__ = ["ALREADY_RESIZED", "BAD_ACTION", "MISSING_FULL", "EnvFactory", "EnvStats", "ResolutionEnv", "downsample",
+__all__ = ["ALREADY_RESIZED", "BAD_ACTION", "MISSING_FULL", "EnvFactory", "EnvStats", "ResolutionEnv",
            "make_env_factory"]

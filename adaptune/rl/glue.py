@@ -37,8 +37,8 @@ from ..train.rundir import COMPLETE, discard_incomplete_checkpoints, latest_chec
 from ..utils.io import append_jsonl, atomic_write_json, atomic_write_text
 from .data import DataParams, heldout_rows, load_grpo_rows
 from .env import EnvFactory
-from .inference import vision_token_ids
-from .prompting import TOOL_RESULT_TEXT
+from ..budget.protocol import tool_call, tool_result_message
+from ..budget.two_turn import vision_token_ids
 
 log = logging.getLogger("adaptune")
 AUTO = "auto"
@@ -157,11 +157,11 @@ def tool_suffix_tokens(processor: Any, image_tokens: int) -> int:
     """Tokens TRL appends for the tool turn that returns one image (as `GRPOTrainer._get_tool_suffix_ids` builds it:
     end of the assistant turn, the tool message with the image and its text, the next assistant header)."""
     tok = processor.tokenizer
-    call = [{"type": "function", "function": {"name": "resize_image", "arguments": {}}}]
+    call = tool_call()
+    call["function"]["arguments"] = {}
     dummy = [{"role": "user", "content": [{"type": "text", "text": "dummy"}]},
-             {"role": "assistant", "content": [{"type": "text", "text": ""}], "tool_calls": call}]
-    tool = {"role": "tool", "name": "resize_image",
-            "content": [{"type": "image"}, {"type": "text", "text": TOOL_RESULT_TEXT}]}
+             {"role": "assistant", "content": [{"type": "text", "text": ""}], "tool_calls": [call]}]
+    tool = tool_result_message()
     prefix = tok(processor.apply_chat_template(dummy, tokenize=False), add_special_tokens=False)["input_ids"]
     whole = tok(processor.apply_chat_template(dummy + [tool], tokenize=False, add_generation_prompt=True),
                 add_special_tokens=False)["input_ids"]

@@ -1,232 +1,23 @@
-"""Inference with a resolution policy: the two-turn loop with transformers `generate`, plus fixed baselines.
+"""Held-out comparisons of a resolution policy against fixed-resolution baselines, scored by a judge.
 
-Why: a policy trained with `adaptune.rl.glue` answers from a downsampled image or calls `resize_image` first. In an
-app the same protocol (system prompt, tool schema, tool turn) must run outside TRL; this module is that loop for a
-batch, on any model whose chat template renders tool calls (the Qwen-VL families).
+The two-turn loop itself is `adaptune.budget.two_turn` (shared with the embedded default's evaluation); this module
+runs it once per method (policy, always-low, always-full, the tool path on every question, the oracle, the policy
+before RL) and scores the answers with a judge.
 
-How (one batch):
-1. render system prompt + tool schema + user turn with the LOW-resolution image; `generate`;
-2. rows whose first turn holds a well-formed `resize_image(action="resize")` call get the assistant turn and a tool
-   turn with the FULL image appended (exactly as TRL renders them during training) and generate again;
-3. the answer is the text of the final turn's last `<answer>`; visual tokens count every image the model saw.
-Baselines: `always="low"` (low image, the answer prefilled to be direct), `always="full"` (full image in the first
-turn, direct), and `resize=[...]` (a forced decision per row, e.g. the oracle that resizes exactly on fine questions).
-Vision special tokens are suppressed while sampling (a sampled `<|image_pad|>` would break the next forward).
-
-    from adaptune.rl.inference import answer_with_resolution_policy
-    results = answer_with_resolution_policy(model, processor, images, questions)   # full-resolution PIL images in
-    results[0].answer, results[0].resized, results[0].visual_tokens, results[0].turns, results[0].raw
-
-For GPUs, docs/visionthink.md shows the same protocol on vLLM (`LLM.chat(messages, tools=[tool_schema()])`).
+    from adaptune.rl.inference import compare_methods
+    result = compare_methods(model, processor, rows)      # rows: image (full resolution), question, answer[, kind]
+    result["methods"]["policy"]["all"]["accuracy"]
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import torch
-from PIL import Image
 
-from ..models import FamilySpec, detect_family
-from .answers import RESIZE_ARGUMENTS, RESIZE_TOOL, assistant_turns, extract_answer
-from .env import downsample
-from .prompting import RESIZE_THOUGHT, TOOL_RESULT_TEXT, direct_prefix, tool_call_text, tool_schema, user_messages
-
-DIRECT_PREFIX = direct_prefix()
-
-VISION_TOKENS = ("<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>", "<image>", "<video>")
-
-
-@dataclass
-class Result:
-    """One answered question: the parsed answer, whether the full image was used, the visual tokens the model saw,
-    the number of assistant turns and the raw text of each turn (prefills included)."""
-
-    answer: str | None
-    resized: bool
-    visual_tokens: int
-    turns: int
-    raw: list[str] = field(default_factory=list)
-
-
-def vision_token_ids(processor: Any) -> list[int]:
-    """Ids of the vision special tokens the tokenizer knows (placeholders and image/video delimiters)."""
-    tok = getattr(processor, "tokenizer", processor)
-    ids = []
-    for name in VISION_TOKENS:
-        tid = tok.convert_tokens_to_ids(name)
-        if tid is not None and tid != tok.unk_token_id and tid not in ids:
-            ids.append(int(tid))
-    return ids
-
-
-def resize_call(text_or_turn: Any) -> bool:
-    """True when an assistant turn holds exactly one well-formed `resize_image(action="resize")` call."""
-    turns = assistant_turns(text_or_turn)
-    if not turns:
-        return False
-    calls = turns[-1].tool_calls
-    return len(calls) == 1 and calls[0].name == RESIZE_TOOL and calls[0].arguments == dict(RESIZE_ARGUMENTS)
-
-
-def _tool_call_message(raw: str) -> dict[str, Any]:
-    """The assistant turn that requested the image, in the structured form the chat template renders."""
-    turn = assistant_turns(raw)[0]
-    content = f"<think>{turn.think}</think>" if turn.think is not None else turn.body
-    call = {"type": "function", "function": {"name": RESIZE_TOOL, "arguments": dict(RESIZE_ARGUMENTS)}}
-    return {"role": "assistant", "content": content, "tool_calls": [call]}
-
-
-def _tool_message() -> dict[str, Any]:
-    content = [{"type": "image"}, {"type": "text", "text": TOOL_RESULT_TEXT}]
-    return {"role": "tool", "name": RESIZE_TOOL, "content": content}
-
-
-@torch.no_grad()
-def generate_texts(model: torch.nn.Module, processor: Any, texts: list[str], images: list[list[Image.Image]],
-                   max_new_tokens: int = 64, do_sample: bool = False, temperature: float = 1.0,
-                   suppress: list[int] | None = None) -> list[str]:
-    """Batched `generate` on rendered prompts (left padding); the new text, special tokens dropped."""
-    tok = processor.tokenizer
-    side, tok.padding_side = tok.padding_side, "left"
-    try:
-        flat = [im for ims in images for im in ims]
-        batch = processor(text=texts, images=flat or None, padding=True, return_tensors="pt",
-                          return_mm_token_type_ids=True)
-    finally:
-        tok.padding_side = side
-    device = next(model.parameters()).device
-    batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-    eos = [i for i in {tok.eos_token_id, tok.convert_tokens_to_ids("<|im_end|>")} if i is not None]
-    out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=do_sample,
-                         temperature=temperature if do_sample else None, top_p=None, top_k=None,
-                         eos_token_id=eos, pad_token_id=tok.pad_token_id,
-                         suppress_tokens=suppress if suppress is not None else vision_token_ids(processor))
-    return tok.batch_decode(out[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
-
-
-def _render(processor: Any, messages: list[dict[str, Any]]) -> str:
-    return processor.apply_chat_template(messages, tools=[tool_schema()], tokenize=False, add_generation_prompt=True)
-
-
-def answer_with_resolution_policy(
-    model: torch.nn.Module,
-    processor: Any,
-    images: Sequence[Image.Image],
-    questions: Sequence[str],
-    *,
-    family: FamilySpec | None = None,
-    low_images: Sequence[Image.Image | None] | None = None,
-    downsample_factor: float = 0.5,
-    always: Literal["low", "full"] | None = None,
-    resize: Sequence[bool] | None = None,
-    max_new_tokens: int = 64,
-    do_sample: bool = False,
-    temperature: float = 1.0,
-    batch_size: int = 16,
-    direct_prefix: str = DIRECT_PREFIX,
-) -> list[Result]:
-    """Answer each question with the two-turn resolution protocol (or a fixed baseline); one `Result` per row.
-
-    `images` are the FULL-resolution images; the first turn shows `low_images` (default: `images` downsampled by
-    `downsample_factor` in width and height). `always="low"|"full"` forces a direct answer on that image (the
-    assistant turn is prefilled with `direct_prefix`); `resize` forces the decision per row (True: the tool turn is
-    scripted and the model answers after seeing the full image; False: a direct answer on the low image).
-    """
-    if len(images) != len(questions):
-        raise ValueError(f"{len(images)} images but {len(questions)} questions")
-    if always not in (None, "low", "full"):
-        raise ValueError(f"always must be None, 'low' or 'full', got {always!r}")
-    if always is not None and resize is not None:
-        raise ValueError("pass either `always` or `resize`, not both")
-    if resize is not None and len(resize) != len(images):
-        raise ValueError(f"resize has {len(resize)} entries for {len(images)} rows")
-    family = family or detect_family(model)
-    full = [im.convert("RGB") for im in images]
-    low = [(lo.convert("RGB") if lo is not None else downsample(im, downsample_factor))
-           for lo, im in zip(low_images or [None] * len(full), full, strict=True)]
-    tokens = {}
-
-    def cost(image: Image.Image) -> int:
-        if image.size not in tokens:
-            tokens[image.size] = family.visual_tokens(processor, image.height, image.width)
-        return tokens[image.size]
-
-    suppress = vision_token_ids(processor)
-    was_training = model.training
-    model.eval()
-    results: list[Result] = []
-    try:
-        for start in range(0, len(full), batch_size):
-            idx = list(range(start, min(len(full), start + batch_size)))
-            results += _answer_batch(model, processor, [full[i] for i in idx], [low[i] for i in idx],
-                                     [questions[i] for i in idx], always,
-                                     None if resize is None else [bool(resize[i]) for i in idx],
-                                     cost, max_new_tokens, do_sample, temperature, direct_prefix, suppress)
-    finally:
-        model.train(was_training)
-    return results
-
-
-def _answer_batch(model, processor, full, low, questions, always, resize, cost, max_new_tokens, do_sample,
-                  temperature, direct_prefix, suppress) -> list[Result]:
-    n = len(full)
-    first_images = full if always == "full" else low
-    # Which rows are forced to answer directly (prefilled) and which are scripted to resize.
-    direct = [always is not None or (resize is not None and not resize[k]) for k in range(n)]
-    scripted = [resize is not None and resize[k] for k in range(n)]
-    raws: list[list[str]] = [[] for _ in range(n)]
-    firsts: dict[int, str] = {}
-    free = [k for k in range(n) if not scripted[k]]
-    if free:
-        texts = [_render(processor, user_messages(questions[k])) + (direct_prefix if direct[k] else "") for k in free]
-        outs = generate_texts(model, processor, texts, [[first_images[k]] for k in free], max_new_tokens, do_sample,
-                              temperature, suppress)
-        for k, out in zip(free, outs, strict=True):
-            firsts[k] = (direct_prefix + out) if direct[k] else out
-            raws[k].append(firsts[k])
-    for k in range(n):
-        if scripted[k]:
-            firsts[k] = f"<think>{RESIZE_THOUGHT}</think>\n" + tool_call_text()
-            raws[k].append(firsts[k])
-    second = [k for k in range(n) if scripted[k] or (not direct[k] and resize_call(firsts[k]))]
-    if second:
-        texts = [_render(processor, user_messages(questions[k]) + [_tool_call_message(firsts[k]), _tool_message()])
-                 for k in second]
-        outs = generate_texts(model, processor, texts, [[low[k], full[k]] for k in second], max_new_tokens,
-                              do_sample, temperature, suppress)
-        for k, out in zip(second, outs, strict=True):
-            raws[k].append(out)
-    results = []
-    for k in range(n):
-        resized = k in second
-        seen = cost(first_images[k]) + (cost(full[k]) if resized else 0)
-        results.append(Result(answer=extract_answer(raws[k][-1]), resized=resized, visual_tokens=seen,
-                              turns=len(raws[k]), raw=raws[k]))
-    return results
-
-
-def summarize(results: Sequence[Result], correct: Sequence[bool], kinds: Sequence[str] | None = None,
-              ) -> dict[str, dict[str, float]]:
-    """{"all"|kind: {accuracy, visual_tokens, resize_rate, n}} for one method's results."""
-    groups: dict[str, list[int]] = {"all": list(range(len(results)))}
-    for i, kind in enumerate(kinds or []):
-        groups.setdefault(str(kind), []).append(i)
-    out = {}
-    for name, rows in groups.items():
-        m = max(1, len(rows))
-        out[name] = {"accuracy": sum(bool(correct[i]) for i in rows) / m,
-                     "visual_tokens": sum(results[i].visual_tokens for i in rows) / m,
-                     "resize_rate": sum(results[i].resized for i in rows) / m, "n": len(rows)}
-    return out
-
-
-
-
-# ------------------------------------------------------------------------------------------------ comparisons
-
+from ..budget.two_turn import Result, answer_with_resolution_policy, summarize
+from ..models import FamilySpec
 
 def score_results(results: Sequence[Result], questions: Sequence[str], answers: Sequence[str],
                   judge: Any = None) -> list[bool]:
@@ -294,5 +85,4 @@ def compare_methods(model: torch.nn.Module, processor: Any, rows: Sequence[dict[
     return out
 
 
-__all__ = ["DIRECT_PREFIX", "METHODS", "Result", "answer_with_resolution_policy", "compare_methods", "generate_texts",
-           "resize_call", "score_results", "summarize", "vision_token_ids"]
+__all__ = ["METHODS", "compare_methods", "score_results"]

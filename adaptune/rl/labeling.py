@@ -66,7 +66,7 @@ def rollout_correct_counts(model: torch.nn.Module, processor: Any, images: Seque
                            max_new_tokens: int = 32, batch_size: int = 32, downsample_factor: float = 0.5,
                            seed: int = 0, low_images: Sequence[Any] | None = None) -> dict[str, list[int]]:
     """Correct answers out of `n` sampled direct answers per row, at low and at full resolution."""
-    from .inference import answer_with_resolution_policy
+    from ..budget.two_turn import answer_with_resolution_policy
     from .judges import JudgeItem, build_judge
 
     the_judge = build_judge(judge)

@@ -33,7 +33,8 @@ from typing import Any, Literal, get_args
 
 from adaptune.registry import REWARDS
 
-from .answers import RESIZE_ARGUMENTS, RESIZE_TOOL, check_format, count_tool_calls, extract_answer
+from ..budget.answers import count_tool_calls, extract_answer
+from ..budget.protocol import RESIZE_ARGUMENTS, TOOL_NAME, check_format
 from .judges import Judge, JudgeItem, build_judge
 
 RewardFn = Callable[..., Any]
@@ -232,9 +233,9 @@ def make_accuracy_reward(
 
 @REWARDS.register("format")
 def make_format_reward(
-    tool_name: str = RESIZE_TOOL, tool_arguments: Mapping[str, Any] | None = RESIZE_ARGUMENTS, max_tool_calls: int = 1
+    tool_name: str = TOOL_NAME, tool_arguments: Mapping[str, Any] | None = RESIZE_ARGUMENTS, max_tool_calls: int = 1
 ) -> RewardFn:
-    """1.0 when the whole rollout follows the VisionThink format (see `answers.check_format`), else 0.0."""
+    """1.0 when the whole rollout follows the VisionThink format (see `adaptune.budget.protocol.check_format`), else 0.0."""
 
     def format_reward(completions: Sequence[Any] = (), **kwargs: Any) -> list[float]:
         return [float(check_format(c, tool_name, tool_arguments, max_tool_calls)) for c in completions]
@@ -245,7 +246,7 @@ def make_format_reward(
 @REWARDS.register("resolution_penalty")
 def make_resolution_penalty(
     judge: Any = None, num_generations: int | None = None, penalty: PenaltyConfig | Mapping[str, Any] | None = None,
-    question_key: str = "question", reference_key: str = "answer", tool_name: str = RESIZE_TOOL,
+    question_key: str = "question", reference_key: str = "answer", tool_name: str = TOOL_NAME,
 ) -> RewardFn:
     """The group penalty as a NEGATIVE reward (-P), for recipes that list the components separately."""
     the_judge = build_judge(judge)
@@ -284,7 +285,7 @@ def make_visionthink_reward(
     penalty: PenaltyConfig | Mapping[str, Any] | None = None,
     question_key: str = "question",
     reference_key: str = "answer",
-    tool_name: str = RESIZE_TOOL,
+    tool_name: str = TOOL_NAME,
     tool_arguments: Mapping[str, Any] | None = RESIZE_ARGUMENTS,
     log_prefix: str = "visionthink",
 ) -> RewardFn:

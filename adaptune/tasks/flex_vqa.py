@@ -23,8 +23,8 @@ from typing import Any
 
 import torch
 
-from ..methods.flex_projector.budget import BudgetSampler
-from ..methods.flex_projector.processing import FlexProcessor
+from ..budget.grid import BudgetSampler
+from ..budget.placeholders import BudgetProcessor as FlexProcessor
 from ..registry import TASKS
 from .vqa import VQAParams, VQATask, summarize, take_rows
 

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from PIL import Image
 
+from ..budget.resolution import downsample
 from ..data.validate import prepare_vqa_row
 from ..registry import TASKS
 from .base import Task
@@ -74,12 +75,12 @@ class VQAParams:
 
 
 def resize_for(image: Image.Image, resolution: str) -> Image.Image:
-    image = image.convert("RGB")
+    """The image the model sees at `resolution`: as is ("full") or through the one downsampler ("half")."""
     if resolution == "half":
-        return image.resize((max(1, image.width // 2), max(1, image.height // 2)), Image.BILINEAR)
+        return downsample(image, 0.5)
     if resolution != "full":
         raise ValueError(f"resolution must be 'full' or 'half', got {resolution!r}")
-    return image
+    return image.convert("RGB")
 
 
 @TASKS.register("vqa_sft")

@@ -11,6 +11,7 @@ the lead's `adaptune/methods/__init__.py` imports it).
     inputs = flex(images=images, text=prompts, budget=9, return_tensors="pt", padding=True)  # 9 placeholders/image
     model.generate(**inputs, max_new_tokens=8)
 
+`FlexProcessor` is `adaptune.budget.BudgetProcessor` (the placeholder rewriting every budget method shares).
 The budget is a per-call argument of the processor (`budget=N` tokens per image, or `(h, w)`); the model reads it back
 from what the processor emitted (Qwen-VL: a pooled `image_grid_thw` plus the real `vision_grid_thw`; LLaVA/SmolVLM:
 the placeholder count), so the two cannot disagree.
@@ -19,11 +20,12 @@ the placeholder count), so the two cannot disagree.
 from __future__ import annotations
 
 from .._peft_ext import MethodInfo, register_method
-from .budget import BudgetError, BudgetSampler, budget_tokens, resolve_grid
+from ...budget.grid import BudgetError, BudgetSampler, budget_tokens, resolve_grid
+from ...budget.placeholders import BudgetProcessor as FlexProcessor
+from ...budget.placeholders import budget_processor as flex_processor
 from .config import FlexProjectorConfig
 from .layer import FlexProjector, FlexProjectorLayer, FlexVisionTowerLayer, pool_grid
 from .model import SUPPORTED_FAMILIES, FlexProjectorModel
-from .processing import FlexProcessor, flex_processor
 
 INFO = register_method(
     MethodInfo(

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 
-from .budget import BudgetError, resolve_grid
+from ...budget.grid import BudgetError, resolve_grid
 
 # ------------------------------------------------------------------------------------------------------ the math
 

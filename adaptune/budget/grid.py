@@ -1,7 +1,7 @@
-"""Visual-token budgets for TokenFLEX: how a budget becomes a token grid, and how training draws one.
+"""Visual-token budgets: how a budget becomes a token grid, and how training draws one.
 
-A budget is either a token count `N` (an int) or an explicit grid `(h, w)`. The processor (`processing.py`) and the
-model (`layer.py`) both turn a count into a grid with `resolve_grid`, so they always agree:
+A budget is either a token count `N` (an int) or an explicit grid `(h, w)`. The processor (`placeholders.py`) and the
+budget methods (TokenFLEX, the token reducers) both turn a count into a grid with `resolve_grid`, so they always agree:
 
 - the grid must fit the image's vision patch grid (`h <= H`, `w <= W`): a budget can never ask for more rows or
   columns than the encoder produced (pooling only shrinks; the resize-up step only rounds the grid to a multiple);

@@ -21,15 +21,12 @@ import json
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from types import MappingProxyType
 from typing import Any
 
 _THINK_HEAD = re.compile(r"^\s*<think>([\s\S]*?)</think>")
 _ANSWER = re.compile(r"<answer>([\s\S]*?)</answer>")
 _TOOL_BLOCK = re.compile(r"<tool_call>([\s\S]*?)</tool_call>")
 _TOOL_TAIL = re.compile(r"^(?:\s*<tool_call>[\s\S]*?</tool_call>)+\s*$")
-RESIZE_TOOL = "resize_image"
-RESIZE_ARGUMENTS: Mapping[str, Any] = MappingProxyType({"action": "resize"})
 _TAGS = ("<think>", "</think>", "<answer>", "</answer>", "<tool_call>", "</tool_call>")
 
 
@@ -200,24 +197,3 @@ def is_tool_turn(turn: AssistantTurn, tool_name: str, tool_arguments: Mapping[st
         return False
     call = turn.tool_calls[0]
     return call.name == tool_name and (tool_arguments is None or call.arguments == dict(tool_arguments))
-
-
-def check_format(
-    completion: Any,
-    tool_name: str = RESIZE_TOOL,
-    tool_arguments: Mapping[str, Any] | None = RESIZE_ARGUMENTS,
-    max_tool_calls: int = 1,
-) -> bool:
-    """VisionThink's all-or-nothing format: zero or more tool turns, then one direct-answer turn.
-
-    >>> check_format("<think>easy</think>\\n<answer>cat</answer>")
-    True
-    >>> check_format("<answer>cat</answer>")
-    False
-    """
-    turns = assistant_turns(completion)
-    if not turns or not is_direct_answer_turn(turns[-1]):
-        return False
-    if sum(len(t.tool_calls) for t in turns) > max_tool_calls:
-        return False
-    return all(is_tool_turn(t, tool_name, tool_arguments) for t in turns[:-1])

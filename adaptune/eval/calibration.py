@@ -8,7 +8,7 @@ Why: the fine questions are only meaningful if the digit is readable at full res
 functions make that claim checkable from pixels (tests/test_glyphqa.py) and visible in a report.
 
 How:
-    from adaptune.data.calibration import calibration, digit_crops, digit_separability
+    from adaptune.eval.calibration import calibration, digit_crops, digit_separability
     png = calibration(path="glyphqa_calibration.png")            # 7 px vs 9 px digits, full vs half
     full, half = digit_crops(GlyphQAConfig(digit_px=7))
     digit_separability(full), digit_separability(half)          # min pairwise RMS between digits
@@ -26,7 +26,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from adaptune.data.glyphqa import GlyphQAConfig, render_scene, sample_scene
-from adaptune.data.glyphs import half_resolution
+from adaptune.budget.resolution import downsample
 from adaptune.data.shapes import rng_for
 
 
@@ -48,7 +48,7 @@ def digit_crops(
     for digit in range(10):
         img = render_scene(replace(scene, digit=digit), cfg)
         full.append(np.asarray(img.crop((left, top, left + window, top + window))))
-        small = half_resolution(img, factor)
+        small = downsample(img, 1 / factor)
         box = (left // factor, top // factor, (left + window) // factor, (top + window) // factor)
         half.append(np.asarray(small.crop(box)))
     return np.stack(full), np.stack(half)

@@ -1,4 +1,6 @@
-"""`FlexProcessor`: a processor wrapper that emits exactly N image placeholder tokens per image for a TokenFLEX budget.
+"""`BudgetProcessor`: a processor wrapper that emits exactly N image placeholder tokens per image for a visual-token
+budget. Shared by every budget method: TokenFLEX (`flex_projector`, which re-exports it as `FlexProcessor`) and the
+training-free token reducers (`adaptune.budget.reducers`).
 
 Why a wrapper and not a subclass: it works the same for every supported family. The upstream processor runs as usual
 (images, chat template, padding); then each image's run of placeholder tokens is rewritten to the budget's length,
@@ -8,10 +10,10 @@ the language side must see, so generation positions stay right) while the real p
 `vision_grid_thw` (what the vision tower needs). Everything else is delegated to the wrapped processor
 (`apply_chat_template`, `tokenizer`, `batch_decode`, ...).
 
-    flex = FlexProcessor(processor)                  # or flex_processor(processor, budget=9)
-    batch = flex(images=imgs, text=prompts, budget=9, return_tensors="pt", padding=True)
+    bp = BudgetProcessor(processor)                  # or budget_processor(processor, budget=9)
+    batch = bp(images=imgs, text=prompts, budget=9, return_tensors="pt", padding=True)
     (batch["input_ids"] == image_token_id).sum()     # 9 per image
-    model(**batch); model.generate(**batch)          # the TokenFLEX model reads the budget back from the batch
+    model(**batch); model.generate(**batch)          # a budget method reads the budget back from the batch
 
 `budget=None` leaves the processor's own output untouched (the family's default token count).
 """
@@ -24,7 +26,7 @@ from typing import Any
 import torch
 from transformers import BatchFeature
 
-from .budget import Budget, BudgetError, budget_tokens, resolve_grid
+from .grid import Budget, BudgetError, budget_tokens, resolve_grid
 
 
 def _kind(processor: Any) -> str:
@@ -35,11 +37,11 @@ def _kind(processor: Any) -> str:
         return "idefics3"
     if any(n == "LlavaProcessor" for n in names):
         return "llava"
-    raise TypeError(f"FlexProcessor supports Qwen-VL, LLaVA and Idefics3/SmolVLM processors, got "
+    raise TypeError(f"BudgetProcessor supports Qwen-VL, LLaVA and Idefics3/SmolVLM processors, got "
                     f"{type(processor).__name__}")
 
 
-class FlexProcessor:
+class BudgetProcessor:
     """Wraps a VLM processor; `__call__(..., budget=N)` emits N placeholder tokens per image.
 
     `scale_factor` (Idefics3/SmolVLM only) is the connector's pixel-shuffle factor, used to check that a budget fits
@@ -52,9 +54,9 @@ class FlexProcessor:
         self.scale_factor = scale_factor
         self.kind = _kind(processor)
 
-    def with_budget(self, budget: Budget | None) -> FlexProcessor:
+    def with_budget(self, budget: Budget | None) -> BudgetProcessor:
         """A copy of this wrapper whose default budget is `budget`."""
-        return FlexProcessor(self.processor, budget, self.scale_factor)
+        return BudgetProcessor(self.processor, budget, self.scale_factor)
 
     def __getattr__(self, name: str) -> Any:
         if name == "processor":
@@ -73,7 +75,7 @@ class FlexProcessor:
         if budget is None or "pixel_values" not in batch:
             return batch
         if not isinstance(batch["input_ids"], torch.Tensor):
-            raise ValueError("FlexProcessor needs return_tensors='pt'")
+            raise ValueError("BudgetProcessor needs return_tensors='pt'")
         ids = batch["input_ids"]
         stock_total = int((ids == self.image_token_id).sum())
         if self.kind == "qwen":
@@ -165,6 +167,6 @@ class FlexProcessor:
             batch[k] = torch.tensor(padded, dtype=batch[k].dtype)
 
 
-def flex_processor(processor: Any, budget: Budget | None = None, scale_factor: int = 2) -> FlexProcessor:
-    """`FlexProcessor(processor, budget)`: calls emit `budget` placeholder tokens per image unless told otherwise."""
-    return FlexProcessor(processor, budget, scale_factor)
+def budget_processor(processor: Any, budget: Budget | None = None, scale_factor: int = 2) -> BudgetProcessor:
+    """`BudgetProcessor(processor, budget)`: calls emit `budget` placeholder tokens per image unless told otherwise."""
+    return BudgetProcessor(processor, budget, scale_factor)

@@ -1,0 +1,25 @@
+"""The visual-token budget: one package that every budget-aware part of adaptune goes through.
+
+- `resolution`: the one downsampling function (`downsample`, BOX filter) and token costs from the model family.
+- `protocol`: the `resize_image` tool (name, argument, schema), the system prompt, rendering and parsing of tool
+  calls, VisionThink's format rule.
+- `answers`: total parsers of completions (`<think>`, `<answer>`, `\\boxed{}`, tool calls).
+- `two_turn`: the two-turn resolution loop with transformers `generate` (policy, fixed baselines, scripted decisions).
+- `grid`, `placeholders`: budgets as token grids, and the processor wrapper that emits exactly N placeholders per
+  image for any budget (TokenFLEX and the token reducers share it).
+- `reducers`: training-free token reducers (pruning and merging after the vision encoder) in a registry.
+
+Layering: this package sits above `adaptune.models` and `adaptune.data`, below the adapter methods, tasks, RL and
+evaluation; it never imports any of those.
+
+    from adaptune.budget import downsample, BudgetProcessor, answer_with_resolution_policy
+"""
+
+from .grid import Budget, BudgetError, BudgetSampler, budget_tokens, resolve_grid
+from .placeholders import BudgetProcessor, budget_processor
+from .resolution import TokenCounter, downsample, image_tokens
+from .two_turn import Result, answer_with_resolution_policy, generate_texts, vision_token_ids
+
+__all__ = ["Budget", "BudgetError", "BudgetProcessor", "BudgetSampler", "Result", "TokenCounter",
+           "answer_with_resolution_policy", "budget_processor", "budget_tokens", "downsample", "generate_texts",
+           "image_tokens", "resolve_grid", "vision_token_ids"]
