@@ -18,9 +18,9 @@ from typing import Any
 
 import torch
 
-from . import __version__
 from .models import detect_family
 from .utils.io import atomic_dir
+from .version import __version__
 
 META = "adaptune.json"
 _FINGERPRINT_KEYS = ("hidden_size", "num_hidden_layers", "vocab_size", "intermediate_size", "num_attention_heads",

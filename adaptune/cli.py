@@ -2,7 +2,7 @@
 
     adaptune train RECIPE.yaml [key=value ...]     fine-tune an adapter or train a resolution policy
     adaptune eval RUN_DIR|ADAPTER [key=value ...]  evaluate a run or an adapter folder
-    adaptune info [--json]                         model families, adapter methods, rewards, judges, tasks
+    adaptune info [--json]                         families, methods, rewards, judges, tasks, sources, kinds
     adaptune demo                                  the quickstart (what `make demo` runs)
 """
 
@@ -17,7 +17,10 @@ from typing import Any
 
 def _registries() -> dict[str, Any]:
     import adaptune  # noqa: F401  (registers everything)
-    from adaptune.registry import FAMILIES, JUDGES, METHODS, REWARDS, TASKS
+    from adaptune.registry import FAMILIES, JUDGES, METHODS, REDUCERS, REWARDS, RUN_KINDS, SOURCES, TASKS
+
+    def first_line(obj: Any) -> str:
+        return (getattr(obj, "__doc__", "") or "").strip().split("\n")[0]
 
     return {
         "model_families": {n: s.to_dict() for n, s in FAMILIES.items()},
@@ -27,6 +30,10 @@ def _registries() -> dict[str, Any]:
         "rewards": {n: (getattr(r, "__doc__", "") or "").strip().split("\n")[0] for n, r in REWARDS.items()},
         "judges": {n: (getattr(j, "__doc__", "") or "").strip().split("\n")[0] for n, j in JUDGES.items()},
         "tasks": {n: getattr(t, "description", "") for n, t in TASKS.items()},
+        "token_reducers": {n: {"families": list(r.families), "description": r.description}
+                           for n, r in REDUCERS.items()},
+        "model_sources": {n: first_line(r) for n, r in SOURCES.items()},
+        "recipe_kinds": {n: first_line(r) for n, r in RUN_KINDS.items()},
     }
 
 
@@ -79,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("demo", help="the quickstart on the embedded default (what `make demo` runs)")
     p.add_argument("--out", default="runs/demo")
     p.set_defaults(func=cmd_demo)
-    p = sub.add_parser("info", help="list families, methods, rewards, judges and tasks")
+    p = sub.add_parser("info", help="list families, methods, rewards, judges, tasks, model sources and recipe kinds")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_info)
     for extra in _extra_commands():

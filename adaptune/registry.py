@@ -1,7 +1,8 @@
 """Tiny name -> object registries.
 
-Families, adapter methods, rewards, judges and tasks register themselves where they are defined
-(timm-style), so the CLI (`adaptune info`) and the test matrices pick up new entries without a central list.
+Families, adapter methods, rewards, judges, tasks, model sources and recipe kinds register themselves where they
+are defined (timm-style), so the CLI (`adaptune info`) and the test matrices pick up new entries without a central
+list.
 
     from adaptune.registry import JUDGES
 
@@ -69,3 +70,8 @@ METHODS: Registry = Registry("adapter method")
 REWARDS: Registry = Registry("reward")
 JUDGES: Registry = Registry("judge")
 TASKS: Registry = Registry("task")
+REDUCERS: Registry = Registry("token reducer")
+SOURCES: Registry = Registry("model source")
+"""Named model sources (`default`, `pretrained:<kind>`): name -> `resolve(spec, seed) -> local folder`."""
+RUN_KINDS: Registry = Registry("recipe kind")
+"""Recipe kinds (`adapter`, `grpo`): name -> `run(recipe) -> run directory`."""

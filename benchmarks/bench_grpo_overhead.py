@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine, save  # noqa: E402
 
 from adaptune.config import load_recipe  # noqa: E402
-from adaptune.rl.glue import build_grpo_trainer  # noqa: E402
+from adaptune.rl.trainer import build_grpo_trainer  # noqa: E402
 
 RECIPE = Path(__file__).resolve().parent.parent / "recipes" / "qwen3_vl" / "glyphqa" / "visionthink_grpo_tiny.yaml"
 
@@ -82,19 +82,20 @@ def _timed_async(fn):
 
 def instrument() -> None:
     """Time adaptune's own per-step code: the reward functions and the environment's reset / resize_image."""
-    from adaptune.rl import env, glue
+    from adaptune.rl import env
+    from adaptune.rl import trainer as rl_trainer
 
     for name in ("reset", "resize_image"):
         method = getattr(env.ResolutionEnv, name)
         if not hasattr(method, "__wrapped__"):
             setattr(env.ResolutionEnv, name, _timed_sync(method))
-    build = glue.build_reward_funcs
+    build = rl_trainer.build_reward_funcs
     if not hasattr(build, "__wrapped__"):
         @functools.wraps(build)
         def wrapped_build(*args, **kwargs):
             return [_timed_async(f) if inspect.iscoroutinefunction(f) else _timed_sync(f)
                     for f in build(*args, **kwargs)]
-        glue.build_reward_funcs = wrapped_build
+        rl_trainer.build_reward_funcs = wrapped_build
 
 
 def resize_image(action: str) -> str:

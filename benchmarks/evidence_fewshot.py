@@ -6,7 +6,8 @@ gradient dropout) vs LoRA on the same target modules, same step budget, at 1/2/4
 
 The CLIP comes from `adaptune.pretrain.pretrain_tiny_clip` (cached). Each (method, shots, seed) run starts from the
 same frozen CLIP, draws `shots` rows per class with `seed` (nested subsets), trains with Adam + cosine schedule through
-`FewShotCLIPTask.loss` (so mask tuning gets the R-AMT objective and gradient dropout exactly as a recipe would), and
+`adaptune.train.objectives.training_loss` (the task's loss plus the method's objective, so mask tuning gets the R-AMT
+regulariser and gradient dropout exactly as a recipe would), and
 reports accuracy on `--split`. Writes benchmarks/results/evidence_fewshot.json and prints a table of means over seeds.
 """
 
@@ -32,6 +33,7 @@ from adaptune.methods.mask_tuning import (  # noqa: E402
 from adaptune.models import LoadedModel, get_family  # noqa: E402
 from adaptune.pretrain import pretrain_tiny_clip  # noqa: E402
 from adaptune.tasks.fewshot_clip import FewShotCLIPTask, FewShotParams, clip_logits  # noqa: E402
+from adaptune.train.objectives import bind, training_collator, training_loss  # noqa: E402
 
 METHODS = ("mask_tuning+GD", "mask_tuning", "lora")
 
@@ -61,6 +63,8 @@ def train(task: FewShotCLIPTask, model: torch.nn.Module, lr: float, steps: int, 
     optimizer = torch.optim.Adam(params, lr=lr)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * s / steps)))
     generator = torch.Generator().manual_seed(seed)
+    objective = bind(model, task)  # the adapter method's objective (None for LoRA)
+    collate = training_collator(task.collate, objective)
     order, cursor = torch.randperm(n, generator=generator), 0
     model.train()
     for _ in range(steps):
@@ -68,7 +72,8 @@ def train(task: FewShotCLIPTask, model: torch.nn.Module, lr: float, steps: int, 
             order, cursor = torch.randperm(n, generator=generator), 0
         idx = order[cursor:cursor + batch_size]
         cursor += batch_size
-        loss, _ = task.loss(model, task.collate([rows[i] for i in idx.tolist()]))  # augmented views
+        batch = collate([rows[i] for i in idx.tolist()])  # augmented views
+        loss, _ = training_loss(model, task, batch, objective)  # CE, plus R-AMT's objective for mask tuning
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

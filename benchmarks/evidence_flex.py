@@ -70,8 +70,7 @@ def run_one(name: str, args: argparse.Namespace, task_name: str, base_task: str)
     else:
         budgets, weights = CONFIGS[name]
         data = {"name": f"evidence_flex-{name}", "model": {"source": args.source},
-                "task": {"name": task_name, "params": {**common, "budgets": budgets, "budget_weights": weights,
-                                                        "eval_budgets": list(BUDGETS)}},
+                "task": {"name": task_name, "params": {**common, "eval_budgets": list(BUDGETS)}},
                 "adapter": {"method": "flex_projector", "params": {"budgets": budgets, "budget_weights": weights}},
                 "training": {"max_steps": args.steps, "batch_size": args.batch_size,
                              "learning_rate": args.lr, "save_steps": max(args.steps, 1) * 10,

@@ -30,3 +30,13 @@ def test_resolution_policy_bench_smoke(tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     assert "visual tokens per answered question, policy / always-full" in out.stdout
     assert "wall time per answered question, policy / always-full" in out.stdout
+
+
+def test_reducers_bench_smoke():
+    """Every reducer at budgets 1/4/9 on the embedded default: both ratio tables and the overhead column print."""
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_reducers.py"), "--quick"],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "## LLM prefill" in out.stdout and "## full forward" in out.stdout and "selection ms" in out.stdout
+    for case in ("full (16 tokens)", "fastervlm K=1", "divprune K=4", "tome K=9"):
+        assert case in out.stdout

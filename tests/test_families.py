@@ -91,6 +91,25 @@ def test_missing_model_path_is_clear(tmp_path):
         load_model(str(tmp_path / "empty"))
 
 
+def test_named_sources_come_from_the_registry(tmp_path):
+    """"default" and "pretrained:*" are registered by the packages that own them; a plugin can add a prefix."""
+    from adaptune.registry import SOURCES
+
+    assert {"default", "pretrained"} <= set(SOURCES)
+    with pytest.raises(ModelLoadError, match="unknown pre-trained tiny model 'pretrained:nope'"):
+        load_model("pretrained:nope")
+    model, processor = build_tiny("clip")
+    model.save_pretrained(tmp_path / "clip")
+    processor.save_pretrained(tmp_path / "clip")
+    SOURCES.register("testdir", lambda spec, seed: tmp_path / spec)
+    try:
+        assert load_model("testdir:clip").family.name == "clip"
+        with pytest.raises(ModelLoadError, match="does not exist"):
+            load_model("testdir:missing")
+    finally:
+        SOURCES._items.pop("testdir")
+
+
 def test_wrong_family_for_folder(tmp_path):
     model, processor = build_tiny("clip")
     model.save_pretrained(tmp_path)
@@ -103,6 +122,7 @@ def test_info_json_lists_families_and_sections():
     out = subprocess.run([sys.executable, "-m", "adaptune", "info", "--json"], capture_output=True, text=True,
                          check=True)
     info = json.loads(out.stdout)
-    assert {"model_families", "adapter_methods", "rewards", "judges"} <= set(info)
+    assert {"model_families", "adapter_methods", "rewards", "judges", "model_sources", "recipe_kinds"} <= set(info)
+    assert {"default", "pretrained"} <= set(info["model_sources"]) and {"adapter", "grpo"} <= set(info["recipe_kinds"])
     assert len(info["model_families"]) == 8
     assert "lora" in info["adapter_methods"]

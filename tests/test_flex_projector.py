@@ -246,29 +246,50 @@ def test_reload_under_another_adapter_name_and_unload(tmp_path):
 # ------------------------------------------------------------------------------------------------------ the task
 
 
-def test_flex_vqa_task_trains_and_evaluates_per_budget(vqa_dataset_dir):
-    from adaptune.tasks.flex_vqa import FlexVQAParams, FlexVQATask
+def _vqa_task(task_name: str, dataset_dir, **params):
+    from adaptune.registry import TASKS
 
     model, processor = build_tiny("qwen3_vl")
     loaded = LoadedModel(model=model, processor=processor, family=get_family("qwen3_vl"), source="tiny:qwen3_vl")
-    params = FlexVQAParams(dataset=str(vqa_dataset_dir), num_train=8, num_eval=3, budgets=[1, 4],
-                           budget_weights=[1, 1], answer_format="plain", max_new_tokens=2)
-    task = FlexVQATask(params, loaded, seed=0)
+    task_cls = TASKS.get(task_name)
+    task = task_cls(task_cls.Params(dataset=str(dataset_dir), num_train=8, num_eval=3, answer_format="plain",
+                                    max_new_tokens=2, **params), loaded, seed=0)
+    return model, task
+
+
+@pytest.mark.parametrize("task_name", ["flex_vqa", "vqa_sft"])
+def test_budget_drawn_per_batch_from_the_adapter_config_on_any_vqa_task(vqa_dataset_dir, task_name):
+    """The method's objective samples the budgets of FlexProjectorConfig (the single source) for every VQA task."""
+    from adaptune.methods.objective import META_KEY
+    from adaptune.train.objectives import bind, training_collator, training_loss
+
+    model, task = _vqa_task(task_name, vqa_dataset_dir)
     peft_model = get_peft_model(model, FlexProjectorConfig(budgets=[1, 4], budget_weights=[1, 1]))
+    objective = bind(peft_model, task)
+    collate = training_collator(task.collate, objective)
     rows = [task.datasets()["train"][i] for i in range(4)]
+    token_id = FlexProcessor(task.loaded.processor).image_token_id
     seen = set()
-    for _ in range(4):
-        batch = task.collate(rows)
-        token_id = task.processor.image_token_id
-        assert set((batch["input_ids"] == token_id).sum(-1).tolist()) == {batch["flex_budget"]}
+    for _ in range(6):
+        batch = collate(rows)
+        budget = batch[META_KEY]["budget"]
+        assert set((batch["input_ids"] == token_id).sum(-1).tolist()) == {budget}
         assert (batch["labels"] != -100).any()
-        loss, logs = task.loss(peft_model, batch)
+        loss, logs = training_loss(peft_model, task, batch, objective)
         loss.backward()
-        seen.add(logs["budget"])
-    assert seen == {1.0, 4.0}
+        assert logs["budget"] == budget
+        seen.add(budget)
+    assert seen == {1, 4}
+
+
+def test_flex_vqa_evaluates_at_the_adapter_budgets_by_default(vqa_dataset_dir):
+    model, task = _vqa_task("flex_vqa", vqa_dataset_dir)
+    peft_model = get_peft_model(model, FlexProjectorConfig(budgets=[1, 4], budget_weights=[1, 1]))
     metrics = task.evaluate(peft_model, "validation", limit=2)
     assert metrics["b1/visual_tokens"] == 1 and metrics["b4/visual_tokens"] == 4
     assert {"b1/accuracy", "b4/accuracy", "accuracy", "visual_tokens"} <= set(metrics)
+    _, explicit = _vqa_task("flex_vqa", vqa_dataset_dir, eval_budgets=[4])
+    assert {k.split("/")[0] for k in explicit.evaluate(peft_model, "validation", limit=1) if "/" in k} == {"b4"}
 
 
 def test_non_square_image_and_grid_budget_on_qwen():

@@ -1,4 +1,4 @@
-"""GRPO glue: recipe -> GRPOConfig (suppressed tokens, completion budget, errors), real GRPO steps on a tiny
+"""GRPO recipes: recipe -> GRPOConfig (suppressed tokens, completion budget, errors), real GRPO steps on a tiny
 Qwen3-VL through the tool path, the run directory, resume, and (slow) the same under `accelerate launch`."""
 
 from __future__ import annotations
@@ -17,14 +17,10 @@ from PIL import Image
 from adaptune.config import RecipeError, load_recipe
 from adaptune.models import build_tiny, load_model
 from adaptune.rl.env import TOOL_RESULT_TEXT
-from adaptune.rl.glue import (
-    completion_budget,
-    grpo_config_kwargs,
-    parse_grpo_section,
-    resolve_completion_length,
-    run_grpo_recipe,
-    tool_suffix_tokens,
-)
+from adaptune.rl.completion_budget import completion_budget, resolve_completion_length, tool_suffix_tokens
+from adaptune.rl.run import run_grpo_recipe
+from adaptune.rl.sections import parse_grpo_section
+from adaptune.rl.trainer import grpo_config_kwargs
 from adaptune.budget.protocol import tool_call_text
 from adaptune.budget.two_turn import vision_token_ids
 from adaptune.train.rundir import latest_checkpoint
@@ -125,9 +121,9 @@ def test_grpo_config_conversion(loaded, tmp_path):
 
 
 def test_vllm_generation_bans_vision_tokens_with_logit_bias(loaded, tmp_path):
-    from adaptune.rl.glue import _suppress_kwargs
+    from adaptune.rl.trainer import suppress_vision_kwargs
 
-    kwargs = _suppress_kwargs(loaded.processor, {"logit_bias": {"11": 1.0}}, use_vllm=True)
+    kwargs = suppress_vision_kwargs(loaded.processor, {"logit_bias": {"11": 1.0}}, use_vllm=True)
     assert kwargs["logit_bias"][11] == 1.0
     assert all(kwargs["logit_bias"][i] == -100.0 for i in vision_token_ids(loaded.processor))
     assert "suppress_tokens" not in kwargs
@@ -165,7 +161,7 @@ def test_tool_turn_budget_matches_trl(loaded):
 
 
 def test_reward_section_builds_the_visionthink_reward_or_a_plugin():
-    from adaptune.rl.glue import build_reward_funcs
+    from adaptune.rl.trainer import build_reward_funcs
 
     (direct,) = build_reward_funcs({"judge": "rule", "penalty": {"weight": 0.2}}, num_generations=4)
     (plugin,) = build_reward_funcs({"plugin": str(ROOT / "rewards/visionthink.py"), "judge": "rule"}, 4)
@@ -237,7 +233,7 @@ def test_time_limit_stops_with_a_checkpoint(tmp_path, one_thread):
 
 def test_full_image_reaches_generation_and_the_loss_forward(tmp_path, one_thread):
     """After a resize, TRL feeds low + full image to the second turn AND to the training forward (no silent drop)."""
-    from adaptune.rl.glue import build_grpo_trainer
+    from adaptune.rl.trainer import build_grpo_trainer
 
     recipe = tiny_recipe(tmp_path / "run", "training.max_steps=1", "training.batch_size=8",
                          "grpo.trainer.num_generations=4")
@@ -296,7 +292,7 @@ def test_eval_dataset_overrides_the_training_source(tmp_path):
     """Trained on a labelled folder, the policy is still evaluated on the GlyphQA held-out mix when eval.dataset says
     so (the folder's rows are training data with the labels' kind mix)."""
     from adaptune.data import GlyphQAConfig, build_split
-    from adaptune.rl.glue import evaluation_rows
+    from adaptune.rl.report import evaluation_rows
 
     folder = tmp_path / "labelled"
     ds = build_split(GlyphQAConfig(seed=0), "rl", num_images=6, fine_fraction=0.0)

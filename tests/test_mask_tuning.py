@@ -1,4 +1,5 @@
-"""R-AMT mask tuning: straight-through math, initial masks, gradient dropout, bit packing, merge, save/load, base check.
+"""R-AMT mask tuning: straight-through math, initial masks, gradient dropout, bit packing, merge, save/load, base check,
+and the method's objective applied by the trainer on CLIP classification, Qwen3-VL VQA and CLIPSeg segmentation.
 
 Fast (tiny models built in code); the shared matrix (tests/test_method_matrix.py) covers the generic adapter contract.
 """
@@ -267,7 +268,8 @@ def test_masked_share_rows_and_plot(tmp_path):
 
 
 def test_fewshot_task_trains_with_gradient_dropout_inside_the_hf_trainer(tmp_path):
-    """The integration the recipe trainer uses: `TaskTrainer.compute_loss` -> `task.loss` -> R-AMT objective."""
+    """The integration the recipe trainer uses: `TaskTrainer.compute_loss` -> `task.loss` (CE, logits, reference) ->
+    the method's R-AMT objective (`adaptune.train.objectives`)."""
     from transformers import TrainingArguments
 
     from adaptune.models import LoadedModel
@@ -294,3 +296,80 @@ def test_fewshot_task_trains_with_gradient_dropout_inside_the_hf_trainer(tmp_pat
     assert all(torch.equal(base_after[k], v) for k, v in base_before.items() if k in base_after)
     metrics = task.evaluate(peft_model, "test")
     assert set(metrics) == {"accuracy", "n", "masked_share"}
+
+
+def _score_grads(model, loss):
+    scores = [p for p in model.parameters() if p.requires_grad]
+    return scores, torch.autograd.grad(loss, scores, retain_graph=True)
+
+
+def test_qwen3_vl_vqa_trainer_applies_the_r_amt_gradient_exactly(vqa_dataset_dir, tmp_path):
+    """On a VLM task (vqa_sft, tiny Qwen3-VL) the trainer applies R-AMT: the gradient it leaves on the scores is
+    score-L2 gradient + gated task gradient, with the gate drawn from the KL between the frozen and the current
+    next-token distributions at the answer positions. Dropping the objective from the trainer fails this test."""
+    from transformers import TrainingArguments
+
+    from adaptune.methods.mask_tuning import kl_to_reference
+    from adaptune.models import LoadedModel
+    from adaptune.tasks.vqa import VQAParams, VQATask
+    from adaptune.train.runner import TaskTrainer
+
+    model, processor = build_tiny("qwen3_vl", seed=0)
+    task = VQATask(VQAParams(dataset=str(vqa_dataset_dir), num_train=8, num_eval=2, answer_format="plain",
+                             max_new_tokens=2), LoadedModel(model, processor, get_family("qwen3_vl"), "tiny:qwen3_vl"))
+    peft_model = get_peft_model(model, MaskTuningConfig(gradient_dropout=True, gradient_dropout_lambda=1.0))
+    _zero_some_scores(peft_model, 0.1)  # the adapted model now differs from the frozen one: KL > 0
+    args = TrainingArguments(output_dir=str(tmp_path), max_steps=2, per_device_train_batch_size=4, learning_rate=1e-3,
+                             use_cpu=True, report_to=[], remove_unused_columns=False, save_strategy="no",
+                             logging_steps=1, disable_tqdm=True)
+    trainer = TaskTrainer(task=task, model=peft_model, args=args, train_dataset=task.datasets()["train"],
+                          data_collator=task.collate)
+    batch = trainer.data_collator([task.datasets()["train"][i] for i in range(4)])
+
+    # the R-AMT rule, computed here from the task's own output: a = task gradient, b = KL gradient
+    out = task.loss(peft_model, batch)
+    assert out.logits.shape[0] == int((batch["labels"] != -100).sum())  # one row per answer token
+    scores, a = _score_grads(peft_model, out.loss)
+    with torch.no_grad(), peft_model.disable_adapter():
+        reference = out.reference()
+    _, b = _score_grads(peft_model, kl_to_reference(out.logits, reference))
+    gen = torch.Generator().manual_seed(task.seed)  # the objective's draws: seeded with the run's seed
+    expected = [gradient_dropout(ai, bi, 1.0, generator=gen)[0] + 1e-4 * s.detach() / s.detach().norm()
+                for ai, bi, s in zip(a, b, scores)]
+
+    loss = trainer.compute_loss(peft_model, batch)  # the first draw of the trainer's objective
+    applied = torch.autograd.grad(loss, scores)
+    for got, want, plain in zip(applied, expected, a):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-10)
+    dropped = sum(int(((g - w).abs() > 0).sum()) for g, w in zip(applied, a))
+    assert dropped > 0, "no element was gated: the applied gradient equals the plain task gradient"
+    assert float(loss.detach()) == pytest.approx(float(out.loss.detach()) + 1e-4 * float(
+        sum(s.detach().norm() for s in scores)), rel=1e-5)
+
+    trainer.train()
+    logged = [entry for entry in trainer.state.log_history if "gd_keep_rate" in entry]
+    assert logged and all("score_l2" in entry and 0 < entry["gd_keep_rate"] < 1 for entry in logged)
+
+
+def test_segmentation_gradient_dropout_uses_per_pixel_bernoulli_kl():
+    from adaptune.methods.mask_tuning import kl_to_reference
+    from adaptune.models import LoadedModel
+    from adaptune.tasks.segmentation import SegmentationParams, SegmentationTask
+    from adaptune.train.objectives import bind, training_loss
+
+    model, processor = build_tiny("clipseg", seed=0)
+    task = SegmentationTask(SegmentationParams(num_train=2, train_offset=0, num_eval=2),
+                            LoadedModel(model, processor, get_family("clipseg"), "tiny:clipseg"))
+    peft_model = get_peft_model(model, MaskTuningConfig())
+    _zero_some_scores(peft_model, 0.1)
+    batch = task.collate([task.datasets()["train"][i] for i in range(2)])
+    out = task.loss(peft_model, batch)
+    with torch.no_grad(), peft_model.disable_adapter():
+        reference = out.reference()
+    p, q = torch.sigmoid(out.logits[:, 1]), torch.sigmoid(reference[:, 1])
+    bernoulli_kl = (q * (q / p).log() + (1 - q) * ((1 - q) / (1 - p)).log()).mean()
+    torch.testing.assert_close(kl_to_reference(out.logits, reference), bernoulli_kl, rtol=1e-4, atol=1e-7)
+    loss, logs = training_loss(peft_model, task, batch, bind(peft_model, task))
+    loss.backward()
+    assert {"score_l2", "gd_keep_rate", "kl_to_frozen", "dice_loss", "bce"} <= set(logs)
+    assert logs["kl_to_frozen"] > 0

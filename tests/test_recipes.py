@@ -81,3 +81,15 @@ def test_task_on_the_wrong_family_is_a_recipe_error():
     with pytest.raises(RecipeError, match="task.name: task SegmentationTask needs a model of family clipseg, "
                                           "got 'qwen3_vl'"):
         make_task(recipe, load_for_recipe(recipe))
+
+
+def test_recipe_kinds_dispatch_through_the_registry():
+    """`run_recipe` finds the runner for `kind` in RUN_KINDS (the RL layer registers "grpo"); others are refused."""
+    from adaptune.registry import RUN_KINDS
+    from adaptune.rl.run import run_grpo_recipe
+    from adaptune.train import run_recipe
+
+    assert RUN_KINDS.get("grpo") is run_grpo_recipe
+    recipe = load_recipe(data={"name": "x", "kind": "bogus", "task": {"name": "vqa_sft"}})
+    with pytest.raises(RecipeError, match="kind must be 'adapter' or 'grpo', got 'bogus'"):
+        run_recipe(recipe)

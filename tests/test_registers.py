@@ -136,6 +136,8 @@ def test_config_validation():
         RegistersConfig(unlock=["everything"])
     with pytest.raises(ValueError, match="num_registers"):
         RegistersConfig(num_registers=0)
+    with pytest.raises(ValueError, match="num_views"):  # the distillation settings are the method's, checked here
+        RegistersConfig(num_views=0)
 
 
 # ------------------------------------------------------------------------------------------------- distillation
@@ -221,19 +223,21 @@ def test_diagnostics_numbers_and_picture(tmp_path):
 
 def test_register_distill_task(tmp_path):
     from adaptune.tasks.register_distill import RegisterDistillParams, RegisterDistillTask
+    from adaptune.train.objectives import bind, training_loss
 
     model, processor = build_tiny("clip")
     loaded = LoadedModel(model=model, processor=processor, family=get_family("clip"), source="tiny:clip")
-    params = RegisterDistillParams(dataset="synthetic", num_train=4, num_eval=3, num_views=3,
-                                   cache_dir=str(tmp_path / "cache"))
+    params = RegisterDistillParams(dataset="synthetic", num_train=4, num_eval=3, cache_dir=str(tmp_path / "cache"))
     task = RegisterDistillTask(params, loaded, seed=0)
-    peft_model = get_peft_model(model, RegistersConfig(num_registers=2))
+    peft_model = get_peft_model(model, RegistersConfig(num_registers=2, num_views=3))  # the views are the method's
     task.on_train_begin(peft_model)
     assert len(list((tmp_path / "cache").glob("*.pt"))) == 4
     batch = task.collate(task.datasets()["train"][:2])
-    loss, logs = task.loss(peft_model, batch)
+    assert task.loss(peft_model, batch).loss is None  # the task only provides images; the loss is the method's
+    loss, logs = training_loss(peft_model, task, batch, bind(peft_model, task))
     loss.backward()
     assert "cosine" in logs
+    assert len(list((tmp_path / "cache").glob("*.pt"))) == 4  # the objective read the task's cache
     metrics = task.evaluate(peft_model, "validation")
     assert {"cos/p50", "base_cos/p50", "outlier_share", "base_outlier_share"} <= set(metrics)
     sections = task.report_sections(peft_model, tmp_path)

@@ -9,7 +9,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from fault_server import FaultServer  # noqa: E402
 from test_grpo import tiny_recipe  # noqa: E402
 
-from adaptune.rl.glue import run_grpo_recipe  # noqa: E402
+from adaptune.rl.run import run_grpo_recipe  # noqa: E402
 
 PLANTED = "sk-planted-SECRET-4b1d7c0ffee"
 

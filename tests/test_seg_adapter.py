@@ -177,9 +177,10 @@ def test_segmentation_task_end_to_end():
     peft_model = get_peft_model(model, SegAdapterConfig(variant="dense", modality="VLC"))
     batch = task.collate([data["train"][i] for i in range(2)])
     assert batch["labels"].shape == (2, 64, 64)
-    loss, logs = task.loss(peft_model, batch)
-    loss.backward()
-    assert set(logs) == {"dice_loss", "bce"}
+    out = task.loss(peft_model, batch)
+    out.loss.backward()
+    assert set(out.logs) == {"dice_loss", "bce"}
+    assert out.logits.shape == (2 * 64 * 64, 2)  # one Bernoulli [0, x] per pixel, for method objectives
     metrics = task.evaluate(peft_model, "test")
     assert set(metrics) == {"dice", "iou", "n"} and 0 <= metrics["dice"] <= 1
 

@@ -25,6 +25,8 @@ from typing import Any
 
 from PIL import Image
 
+from .grid import budget_tokens
+
 DOWNSAMPLE_FILTER = Image.Resampling.BOX
 
 
@@ -43,7 +45,13 @@ def downsample(image: Image.Image, factor: float = 0.5) -> Image.Image:
 
 
 def image_tokens(family: Any, processor: Any, image: Image.Image | tuple[int, int]) -> int:
-    """Visual tokens one image (or a `(width, height)` size) costs on `family` with `processor`."""
+    """Visual tokens one image (or a `(width, height)` size) costs on `family` with `processor`.
+
+    A `BudgetProcessor` with a budget set emits exactly that many placeholders per image, whatever the size.
+    """
+    budget = getattr(processor, "budget", None)
+    if budget is not None:
+        return budget_tokens(budget)
     width, height = image.size if isinstance(image, Image.Image) else image
     return int(family.visual_tokens(processor, height, width))
 

@@ -1,9 +1,10 @@
 """The embedded default VLM: a tiny real Qwen3-VL trained from scratch on GlyphQA, shipped inside the package.
 
-`load_model("default")` resolves to `default_model_path()`, which checks the weights against the sha256 recorded in
-`assets/BUILD.json` and refuses a mismatch. The model answers coarse GlyphQA questions at half and full resolution,
-reads the small digit only at full resolution, and is warm-started on the `resize_image` tool protocol (about half of
-its first turns call the tool, whatever the question) so a GRPO run can teach it WHEN to resize.
+`load_model("default")` resolves to `default_model_path()` (`shipped.py` registers the model source "default"),
+which checks the weights against the sha256 recorded in `assets/BUILD.json` and refuses a mismatch. The model
+answers coarse GlyphQA questions at half and full resolution, reads the small digit only at full resolution, and is
+warm-started on the `resize_image` tool protocol (about half of its first turns call the tool, whatever the
+question) so a GRPO run can teach it WHEN to resize.
 
     adaptune default verify                      # checksum + a quick accuracy check
     adaptune default build                       # rebuild assets/ from scratch (~45 min on 2 CPU cores)
@@ -13,53 +14,8 @@ its first turns call the tool, whatever the question) so a GRPO run can teach it
 from __future__ import annotations
 
 import argparse
-import hashlib
-import json
-from pathlib import Path
 
-from adaptune.models.loader import ModelLoadError
-
-ASSETS = Path(__file__).resolve().parent / "assets"
-REBUILD = "rebuild it with `adaptune default build` (about 45 minutes on 2 CPU cores)"
-
-
-class DefaultModelError(ModelLoadError):
-    """The shipped default is missing or its weights do not match the checksum in BUILD.json."""
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def verify_assets(path: str | Path = ASSETS) -> dict:
-    """BUILD.json of a default-model folder whose weights match their recorded sha256; DefaultModelError otherwise."""
-    path = Path(path)
-    build_file = path / "BUILD.json"
-    if not build_file.exists():
-        raise DefaultModelError(f"no default model at {path} (BUILD.json missing); {REBUILD}")
-    info = json.loads(build_file.read_text())
-    for name, expected in info.get("sha256", {}).items():
-        weights = path / name
-        if not weights.exists():
-            raise DefaultModelError(f"{weights} is missing; {REBUILD}")
-        actual = _sha256(weights)
-        if actual != expected:
-            raise DefaultModelError(
-                f"{weights} does not match its checksum in BUILD.json (sha256 {actual[:12]}..., expected "
-                f"{expected[:12]}...): the file was modified or corrupted; {REBUILD}")
-    if not info.get("sha256"):
-        raise DefaultModelError(f"{build_file} records no checksum; {REBUILD}")
-    return info
-
-
-def default_model_path(path: str | Path = ASSETS) -> Path:
-    """The verified folder of the embedded default model (loadable with `from_pretrained`)."""
-    verify_assets(path)
-    return Path(path)
+from adaptune.default.shipped import ASSETS, REBUILD, DefaultModelError, default_model_path, verify_assets
 
 
 def _cmd_build(args: argparse.Namespace) -> int:
@@ -96,3 +52,6 @@ def add_cli(subparsers) -> None:
     p.add_argument("--path", default=str(ASSETS))
     p.add_argument("--questions", type=int, default=0, help="held-out questions to evaluate (0 = checksum only)")
     p.set_defaults(func=_cmd_verify)
+
+
+__all__ = ["ASSETS", "REBUILD", "DefaultModelError", "add_cli", "default_model_path", "verify_assets"]

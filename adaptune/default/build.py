@@ -509,7 +509,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from adaptune.default import ASSETS
+    from adaptune.default.shipped import ASSETS
 
     parser.add_argument("--out", default=None, help=f"output folder (default: {ASSETS}; --quick: a temp folder)")
     parser.add_argument("--quick", action="store_true", help="a ~2 minute smoke build (never the shipped folder)")
@@ -527,7 +527,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import tempfile
 
-    from adaptune.default import ASSETS
+    from adaptune.default.shipped import ASSETS
 
     cfg = BuildConfig.quick() if args.quick else BuildConfig()
     cfg.seed, cfg.threads = args.seed, args.threads

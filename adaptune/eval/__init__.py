@@ -56,7 +56,8 @@ def evaluate_run(run_dir: Path, split: str = "test", limit: int | None = None,
     if adapter_dir.exists():
         model = load_adapter(model, adapter_dir).eval()
     if recipe.kind == "grpo":  # a resolution policy: the two-turn loop against its baselines
-        from ..rl.glue import evaluate_policy, parse_grpo_section
+        from ..rl.report import evaluate_policy
+        from ..rl.sections import parse_grpo_section
 
         plan = parse_grpo_section(recipe)
         if limit:

@@ -1,5 +1,8 @@
 """The one place that teaches PEFT about adaptune's methods.
 
+A method's `MethodInfo` also names its training objective (`objective`, a `methods.objective.MethodObjective`
+subclass): the extra loss terms and batch hooks the trainer applies on every task (`adaptune.train.objectives`).
+
 PEFT's `register_peft_method` only accepts names that already exist in its closed `PeftType` enum, so a new member is
 added here at import time, idempotently (importing adaptune twice, or reloading a module, is harmless). Each method
 folder calls `register_method(...)` from its `__init__`; that also lists the method in adaptune's `METHODS` registry
@@ -16,6 +19,7 @@ from peft.utils import peft_types
 from peft.utils.peft_types import PeftType, register_peft_method
 
 from ..registry import METHODS
+from .objective import MethodObjective
 
 
 def add_peft_type(name: str) -> PeftType:
@@ -38,7 +42,7 @@ def add_peft_type(name: str) -> PeftType:
 
 @dataclass(frozen=True)
 class MethodInfo:
-    """What the CLI and the shared test matrix need to know about an adapter method."""
+    """What the CLI, the shared test matrix and the trainer need to know about an adapter method."""
 
     name: str
     config_cls: type
@@ -48,6 +52,9 @@ class MethodInfo:
     """`test_config(family, model) -> PeftConfig` for the tiny model of `family` (used by the test matrix)."""
     description: str = ""
     mergeable: bool = False
+    objective: type[MethodObjective] | None = None
+    """What the method adds to training on every task (extra loss terms, gradient surgery, batch hooks); None: the
+    task's loss as is. Built per run from the adapter's config by `adaptune.train.objectives`."""
 
 
 def register_method(info: MethodInfo, prefix: str | None = None) -> MethodInfo:

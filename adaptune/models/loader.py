@@ -8,6 +8,14 @@
 
 Remote code stays off unless asked for; quantized loading keeps the vision tower and the projector (and anything an
 adapter replaces) in full precision, with module names resolved through the family description.
+
+Named sources ("default", "pretrained:clip", ...) are looked up in the `SOURCES` registry: the package that owns the
+model registers a resolver `resolve(spec, seed) -> local folder` (`adaptune.default` registers "default",
+`adaptune.pretrain` registers the prefix "pretrained"), so this low layer never imports them. `import adaptune` (which
+any `import adaptune.<x>` runs first) registers the shipped ones; a plugin registers its own the same way:
+
+    from adaptune.registry import SOURCES
+    SOURCES.register("mirror", lambda spec, seed: f"/models/{spec}")   # load_model("mirror:qwen3-vl-2b")
 """
 
 from __future__ import annotations
@@ -21,6 +29,7 @@ from typing import Any, Literal
 import torch
 import transformers
 
+from ..registry import SOURCES
 from .families import FamilySpec, UnsupportedModelError, build_tiny, detect_family, get_family
 from .processors import ImageOnlyQwen2_5_VLProcessor, ImageOnlyQwen3VLProcessor
 
@@ -94,6 +103,18 @@ def read_config(path: str, trust_remote_code: bool = False) -> dict[str, Any]:
         ) from None
 
 
+def resolve_source(source: str, seed: int = 0) -> str:
+    """The local folder a named source stands for ("default", or "<prefix>:<spec>" with a registered prefix);
+    any other source (a folder, a hub id) comes back unchanged."""
+    if source in SOURCES:
+        name, spec = source, ""
+    else:
+        name, sep, spec = source.partition(":")
+        if not sep or name not in SOURCES:
+            return source
+    return str(SOURCES.get(name)(spec, seed))
+
+
 def load_model(
     source: str | os.PathLike,
     family: str | None = None,
@@ -106,30 +127,16 @@ def load_model(
 ) -> LoadedModel:
     """Load `source` with its processor and family spec.
 
-    Sources: "tiny:<family>" (random tiny model built in code), "default" (the embedded GlyphQA VLM),
-    "pretrained:clip" / "pretrained:clipseg" (tiny CLIP / CLIPSeg pre-trained on the companion sets, cached under
-    $ADAPTUNE_CACHE after the first build), a local folder, or a hub id.
+    Sources: "tiny:<family>" (random tiny model built in code), a named source from the `SOURCES` registry
+    ("default": the embedded GlyphQA VLM; "pretrained:clip" / "pretrained:clipseg": tiny CLIP / CLIPSeg pre-trained
+    on the companion sets, cached under $ADAPTUNE_CACHE after the first build), a local folder, or a hub id.
     """
     source = str(source)
     if source.startswith("tiny:"):
         name = source.split(":", 1)[1]
         model, processor = build_tiny(name, seed=seed)
         return LoadedModel(model, processor, get_family(name), source)
-    if source.startswith("pretrained:"):  # the pre-trained tiny CLIP / CLIPSeg (built once, then cached)
-        from .. import pretrain
-
-        kind = source.split(":", 1)[1]
-        if kind not in ("clip", "clipseg"):
-            raise ModelLoadError(f"unknown pre-trained tiny model {source!r}; use pretrained:clip or pretrained:clipseg")
-        clip = pretrain.pretrain_tiny_clip(steps=pretrain.DEFAULT_CLIP_STEPS, seed=seed)
-        if kind == "clip":
-            source = str(clip.path)
-        else:
-            source = str(pretrain.build_tiny_clipseg_from_clip(clip, steps=pretrain.DEFAULT_CLIPSEG_STEPS, seed=seed).path)
-    if source == "default":
-        from ..default import default_model_path
-
-        source = str(default_model_path())
+    source = resolve_source(source, seed)
     if _looks_local(source) and not Path(source).expanduser().exists():
         raise ModelLoadError(f"model path {source!r} does not exist")
     source = str(Path(source).expanduser()) if Path(source).expanduser().exists() else source

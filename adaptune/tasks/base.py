@@ -4,13 +4,22 @@ A recipe names a task (`task.name`) and gives its parameters (`task.params`, val
 dataclass). The trainer (`adaptune.train`) only talks to this interface, so adapter training, self-distillation,
 few-shot classification and segmentation share one loop with checkpoints, resume, metrics and reports.
 
+A task knows its data and its own loss, never an adapter method: what a method adds to training (R-AMT's score L2
+and gradient dropout, TokenFLEX's per-batch budget, PH-Reg's distillation) is the method's objective
+(`adaptune.methods.objective`), applied by the trainer on every task. So `loss` returns a `TaskLoss` (defined with
+that protocol, re-exported here) with what an
+objective may need (the logits and how to recompute them on the frozen model, the images), and the class says which
+of those capabilities it provides (`provides`) and which it needs from the method (`needs`); the trainer refuses a
+recipe whose method settings the task cannot honour.
+
     @TASKS.register("my_task")
     class MyTask(Task):
         Params = MyParams                  # a dataclass; unknown keys in the recipe are an error
+        provides = frozenset({LOGITS})     # capabilities from adaptune.methods.objective
 
-        def build_datasets(self, loaded): ...   -> {"train": Dataset-like, "validation": ...}
+        def build_datasets(self): ...           -> {"train": Dataset-like, "validation": ...}
         def collate(self, rows): ...            -> dict of tensors
-        def loss(self, model, batch): ...       -> (scalar loss, {metric: float})
+        def loss(self, model, batch): ...       -> TaskLoss(loss, {metric: float}, logits=..., reference=...)
         def evaluate(self, model, split): ...   -> {metric: float}
 """
 
@@ -21,6 +30,7 @@ from typing import Any, ClassVar
 
 import torch
 
+from ..methods.objective import BUDGET, IMAGES, LOGITS, LOSS, TaskLoss  # noqa: F401  (re-exported for tasks)
 from ..models import LoadedModel
 
 
@@ -36,6 +46,15 @@ class Task:
     description: ClassVar[str] = ""
     families: ClassVar[tuple[str, ...]] = ()
     """Model families the task works with; empty means any."""
+    provides: ClassVar[frozenset[str]] = frozenset()
+    """Capabilities the task offers method objectives (LOGITS, IMAGES, BUDGET: see `adaptune.methods.objective`)."""
+    needs: ClassVar[frozenset[str]] = frozenset()
+    """Capabilities the task needs from the method's objective (LOSS: it has no loss of its own; BUDGET)."""
+    moved_to_adapter: ClassVar[tuple[str, ...]] = ()
+    """Former `task.params` keys that are now settings of the adapter method (a recipe still setting one is a
+    RecipeError saying to put it in `adapter.params`)."""
+    recipe_file: str | None = None
+    """The recipe this task was built from (set by `make_task`; names the file in errors raised later)."""
 
     def __init__(self, params: Any, loaded: LoadedModel, seed: int = 0) -> None:
         if self.families and loaded.family.name not in self.families:
@@ -60,10 +79,12 @@ class Task:
         return self._datasets
 
     def collate(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
+        """One batch from `rows` (the trainer's data collator). Tasks that provide BUDGET also take `budget=N`."""
         raise NotImplementedError
 
-    def loss(self, model: torch.nn.Module, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
-        """The training loss of one batch, and extra scalars to log."""
+    def loss(self, model: torch.nn.Module, batch: dict[str, Any]) -> TaskLoss:
+        """The task's loss on one batch, extra scalars to log, and the capabilities in `provides` (logits and their
+        reference, images). The method's objective is applied on top by the trainer (`adaptune.train.objectives`)."""
         raise NotImplementedError
 
     @torch.no_grad()

@@ -1,10 +1,11 @@
 """`fewshot_clip`: k-shot image classification with a CLIP model and a zero-shot head built from text prompts.
 
 What: class prompts ("a photo of a red circle.") are encoded once by the frozen text tower; logits are
-logit_scale * cos(image embedding, prompt embedding); the loss is cross-entropy. With a mask-tuning adapter the loss
-becomes R-AMT's (score regulariser, gradient dropout against the frozen zero-shot logits of the same model with its
-adapter disabled; see `adaptune.methods.mask_tuning.gradient_dropout`). Evaluation reports accuracy (and, for mask
-tuning, the share of masked weights).
+logit_scale * cos(image embedding, prompt embedding); the loss is cross-entropy. The task hands its logits and a way to
+recompute them to the trainer (`TaskLoss`, capability LOGITS), so a method's objective can use them: with a
+mask-tuning adapter that is R-AMT's score regulariser and gradient dropout against the frozen zero-shot logits
+(`adaptune.methods.mask_tuning.gradient_dropout`), applied by the trainer, not here. Evaluation reports accuracy
+(and, for mask tuning, the share of masked weights).
 Data: the few-shot colour-shape set (`adaptune.data.companions`): `shots` in {1, 2, 4, 8, 16} rows per class drawn from
 the train pool (nested across shots for one seed), validation and test splits.
 How:
@@ -25,7 +26,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from ..registry import TASKS
-from .base import Task
+from .base import LOGITS, Task, TaskLoss
 
 
 def image_embeddings(model: torch.nn.Module, pixel_values: torch.Tensor) -> torch.Tensor:
@@ -81,13 +82,13 @@ class FewShotParams:
 @TASKS.register("fewshot_clip")
 class FewShotCLIPTask(Task):
     Params = FewShotParams
-    description = "CLIP few-shot classification with a zero-shot text head (R-AMT objective for mask tuning)"
+    description = "CLIP few-shot classification with a zero-shot text head (cross-entropy on the class logits)"
     families = ("clip",)
+    provides = frozenset({LOGITS})
 
     def __init__(self, params: Any, loaded: Any, seed: int = 0) -> None:
         super().__init__(params, loaded, seed)
         self._text_embeds: torch.Tensor | None = None
-        self._generator = torch.Generator().manual_seed(seed)
         self._augment_rng = np.random.default_rng(seed)
 
     def data_config(self) -> Any:
@@ -131,21 +132,13 @@ class FewShotCLIPTask(Task):
         """Training batches (the trainer's data collator): augmented when `params.augment`."""
         return self.encode(rows, augment=self.params.augment)
 
-    def loss(self, model: torch.nn.Module, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
-        from ..methods.mask_tuning.gradient_dropout import (
-            mask_tuning_objective, needs_reference_logits, reference_logits_of,
-        )
-
+    def loss(self, model: torch.nn.Module, batch: dict[str, Any]) -> TaskLoss:
         text = self.text_embeds(model)
-        logits = clip_logits(model, batch["pixel_values"], text)
-        ce = F.cross_entropy(logits, batch["labels"])
-        reference = None
-        if needs_reference_logits(model):
-            reference = reference_logits_of(model, clip_logits, model, batch["pixel_values"], text)
-        loss, logs = mask_tuning_objective(model, ce, logits=logits, reference_logits=reference,
-                                           generator=self._generator)
-        logs["train_accuracy"] = float((logits.argmax(-1) == batch["labels"]).float().mean())
-        return loss, logs
+        pixels = batch["pixel_values"]
+        logits = clip_logits(model, pixels, text)
+        accuracy = float((logits.argmax(-1) == batch["labels"]).float().mean())
+        return TaskLoss(F.cross_entropy(logits, batch["labels"]), {"train_accuracy": accuracy}, logits=logits,
+                        reference=lambda: clip_logits(model, pixels, text))
 
     @torch.no_grad()
     def evaluate(self, model: torch.nn.Module, split: str = "validation", limit: int | None = None) -> dict[str, Any]:

@@ -1,15 +1,20 @@
-"""`register_distill`: PH-Reg self-distillation on unlabeled images.
+"""`register_distill`: the images PH-Reg self-distils on, and its evaluation.
 
-What: the student (the ViT with the `registers` adapter) learns to reproduce the frozen teacher's denoised patch
-features: the same model with the adapter disabled, averaged over K shifted/flipped views (`methods/registers/
-distill.py`). Loss = (1 - cosine) + mse_weight * MSE on patch tokens. Any image source works: GlyphQA images
+What: the task provides unlabeled images (capability IMAGES) and has no loss of its own (it needs LOSS from the
+method): the `registers` method's objective (`adaptune.methods.registers.objective`) trains the student (the ViT with
+the `registers` adapter) to reproduce the frozen teacher's denoised patch features: the same model with the adapter
+disabled, averaged over K shifted/flipped views, loss = (1 - cosine) + mse_weight * MSE on patch tokens. The view and
+loss settings are the adapter's (`RegistersConfig.num_views`, `max_shift`, `flip`, `candidates`, `fill`,
+`mse_weight`, `view_seed`); a recipe that still sets them under `task.params` is refused with a message saying to put
+them in `adapter.params`, and so is this task with another adapter method. Any image source works: GlyphQA images
 (default), `synthetic` random-block images, a saved `datasets` folder with an image column, or a folder of image files.
+`cache_dir` keeps the denoised targets on disk (filled before training), shared with the objective as `target_cache`.
 
 Why: registers absorb the artifact tokens of a pre-trained ViT without retraining it; only the registers, the position
 and patch embeddings and the last block train.
 
-    task: {name: register_distill, params: {dataset: glyphqa, num_views: 10, cache_dir: runs/x/targets}}
-    adapter: {method: registers, params: {num_registers: 16}}
+    task: {name: register_distill, params: {dataset: glyphqa, cache_dir: runs/x/targets}}
+    adapter: {method: registers, params: {num_registers: 16, num_views: 10}}
 
 Evaluation: cosine-to-denoised-target percentiles for the student (`cos/p50`, ...) and the base model (`base_cos/...`),
 and the share of patch tokens with outlier norms for both; the report gets a per-patch feature-norm picture.
@@ -24,19 +29,12 @@ from typing import Any
 import torch
 from PIL import Image
 
+from ..methods.objective import active_method
+from ..methods.registers import RegistersConfig
 from ..methods.registers import diagnostics as diag
-from ..methods.registers.distill import (
-    TargetCache,
-    View,
-    denoised_target,
-    distill_loss,
-    fps_views,
-    patch_features,
-    patch_size_of,
-    teacher_context,
-)
+from ..methods.registers.distill import Distiller, TargetCache, patch_features, teacher_context
 from ..registry import TASKS
-from .base import Task
+from .base import IMAGES, LOSS, Task, TaskLoss
 
 _IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 
@@ -50,27 +48,12 @@ class RegisterDistillParams:
     num_eval: int = 32
     synthetic_size: int = 64
     """Side of the "synthetic" images in pixels."""
-    num_views: int = 10
-    max_shift: float = 0.15
-    """Largest view shift as a fraction of the patch-grid side (whole patches)."""
-    flip: bool = True
-    candidates: int = 100
-    """Random view candidates the farthest-point sampling picks from."""
-    fill: float = 0.0
-    """Value of out-of-image pixels after normalisation (0 = the mean colour)."""
-    mse_weight: float = 1.0
-    view_seed: int = 0
     cache_dir: str | None = None
-    """Folder for cached denoised targets (valid for one base model); None computes them every step."""
+    """Folder for cached denoised targets (valid for one base model; the views are part of the key); None computes
+    them every step."""
     outlier_k: float = 3.0
     """A patch norm above Q3 + k * IQR counts as an outlier."""
     eval_batch_size: int = 16
-
-    def __post_init__(self) -> None:
-        if self.num_views < 1:
-            raise ValueError(f"num_views must be >= 1, got {self.num_views}")
-        if not 0 <= self.max_shift < 1:
-            raise ValueError(f"max_shift must be a fraction in [0, 1), got {self.max_shift}")
 
 
 def load_images(params: RegisterDistillParams, split: str, n: int, seed: int) -> list[Image.Image]:
@@ -109,13 +92,17 @@ def load_images(params: RegisterDistillParams, split: str, n: int, seed: int) ->
 @TASKS.register("register_distill")
 class RegisterDistillTask(Task):
     Params = RegisterDistillParams
-    description = "PH-Reg: distil a ViT with registers towards its own denoised multi-view features"
+    description = "PH-Reg: images for the registers' self-distillation towards denoised multi-view features"
+    provides = frozenset({IMAGES})
+    needs = frozenset({LOSS})
+    moved_to_adapter = ("num_views", "max_shift", "flip", "candidates", "fill", "mse_weight", "view_seed")
 
     def __init__(self, params: RegisterDistillParams, loaded: Any, seed: int = 0) -> None:
         super().__init__(params, loaded, seed)
         self.family = loaded.family.name
-        self._views: list[View] | None = None
-        self._cache = TargetCache(params.cache_dir, namespace=str(loaded.source)) if params.cache_dir else None
+        self.target_cache = TargetCache(params.cache_dir, namespace=str(loaded.source)) if params.cache_dir else None
+        """Denoised targets on disk; the registers objective reads the same cache."""
+        self._distillers: dict[int, Distiller] = {}
 
     def build_datasets(self) -> dict[str, Any]:
         p = self.params
@@ -130,28 +117,27 @@ class RegisterDistillTask(Task):
         pixels = image_processor(images=[r["image"] for r in rows], return_tensors="pt")["pixel_values"]
         return {"pixel_values": pixels}
 
-    def views(self, model: torch.nn.Module, pixel_values: torch.Tensor) -> list[View]:
-        if self._views is None:
-            patch = patch_size_of(model, self.family)
-            grid = (pixel_values.shape[-2] // patch, pixel_values.shape[-1] // patch)
-            p = self.params
-            self._views = fps_views(grid, p.num_views, p.max_shift, p.flip, p.candidates, p.view_seed)
-        return self._views
+    def distiller(self, model: torch.nn.Module) -> Distiller:
+        """The teacher of the `registers` adapter on `model`, with its config's view settings and this task's cache."""
+        found = active_method(model)
+        config = found[1] if found else None
+        if not isinstance(config, RegistersConfig):
+            raise ValueError("register_distill: the model has no active `registers` adapter (the distillation "
+                             "settings and the loss are that method's)")
+        if id(config) not in self._distillers:
+            self._distillers[id(config)] = Distiller(config, self.family, self.target_cache)
+        return self._distillers[id(config)]
 
     def targets(self, model: torch.nn.Module, pixel_values: torch.Tensor) -> torch.Tensor:
-        views = self.views(model, pixel_values)
-        if self._cache is not None:
-            return self._cache.targets(model, self.family, pixel_values, views, self.params.fill)
-        return denoised_target(model, self.family, pixel_values, views, self.params.fill)
+        return self.distiller(model).targets(model, pixel_values)
 
-    def loss(self, model: torch.nn.Module, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
-        pixels = batch["pixel_values"]
-        target = self.targets(model, pixels)
-        return distill_loss(patch_features(model, self.family, pixels), target, self.params.mse_weight)
+    def loss(self, model: torch.nn.Module, batch: dict[str, Any]) -> TaskLoss:
+        """No loss of its own: the images, for the registers objective's distillation."""
+        return TaskLoss(None, images=batch["pixel_values"])
 
     def on_train_begin(self, model: torch.nn.Module) -> None:
         """Fill the target cache before training, so each step costs one student forward."""
-        if self._cache is None:
+        if self.target_cache is None:
             return
         rows = self.datasets()["train"]
         for start in range(0, len(rows), self.params.eval_batch_size):

@@ -1,7 +1,10 @@
 """`segmentation`: referring segmentation with a CLIPSeg-style model (text prompt -> mask logits).
 
 What: the loss is Dice (weight 1.5) + binary cross-entropy (weight 1.0) on the sigmoid of the mask logits (VLSM-Adapter
-recipe); evaluation thresholds the sigmoid at 0.5 and reports mean per-sample Dice and IoU.
+recipe); evaluation thresholds the sigmoid at 0.5 and reports mean per-sample Dice and IoU. The task hands the mask
+logits to the trainer as one Bernoulli distribution per pixel (rows [0, x], capability LOGITS), so a method's
+objective can compare them with the frozen model's (R-AMT's gradient dropout: the KL of the per-pixel Bernoullis,
+averaged over pixels).
 Data: the referring-segmentation companion set (`adaptune.data.companions.generate_refseg`, prompts like "the red
 triangle") or any saved `datasets` folder with `image`, `prompt`, `mask` columns. `train_offset` skips the first rows of
 the train split (the rows `adaptune.pretrain` used to pre-train the CLIPSeg decoder), so adaptation sees new images.
@@ -21,7 +24,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from ..registry import TASKS
-from .base import Task
+from .base import LOGITS, Task, TaskLoss
 
 
 def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = 1.0) -> torch.Tensor:
@@ -59,6 +62,12 @@ def mask_logits(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch
                 pixel_values=batch["pixel_values"])
     logits = out.logits
     return logits.unsqueeze(0) if logits.dim() == 2 else logits
+
+
+def bernoulli_rows(logits: torch.Tensor) -> torch.Tensor:
+    """(N, 2) categorical logits [0, x] per pixel: softmax([0, x]) = [1 - sigmoid(x), sigmoid(x)]."""
+    flat = logits.reshape(-1)
+    return torch.stack([torch.zeros_like(flat), flat], dim=-1)
 
 
 def load_refseg_rows(dataset: str, split: str, n: int, offset: int, seed: int, image_size: int) -> Any:
@@ -104,6 +113,7 @@ class SegmentationTask(Task):
     Params = SegmentationParams
     description = "Referring segmentation with CLIPSeg: Dice (1.5) + BCE (1.0) loss, Dice / IoU metrics"
     families = ("clipseg",)
+    provides = frozenset({LOGITS})
 
     def build_datasets(self) -> dict[str, Any]:
         p = self.params
@@ -124,9 +134,11 @@ class SegmentationTask(Task):
         batch["labels"] = torch.from_numpy(np.stack(masks)).float()
         return batch
 
-    def loss(self, model: torch.nn.Module, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
+    def loss(self, model: torch.nn.Module, batch: dict[str, Any]) -> TaskLoss:
         logits = mask_logits(model, batch)
-        return segmentation_loss(logits, batch["labels"], self.params.dice_weight, self.params.bce_weight)
+        loss, parts = segmentation_loss(logits, batch["labels"], self.params.dice_weight, self.params.bce_weight)
+        return TaskLoss(loss, parts, logits=bernoulli_rows(logits),
+                        reference=lambda: bernoulli_rows(mask_logits(model, batch)))
 
     @torch.no_grad()
     def evaluate(self, model: torch.nn.Module, split: str = "validation", limit: int | None = None) -> dict[str, Any]:

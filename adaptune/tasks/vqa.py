@@ -4,24 +4,32 @@ The default data is GlyphQA (`adaptune.data.glyphqa`); any `datasets` folder sav
 `image`, `question`, `answer` (and optionally `kind`) works too (`dataset: /path/to/folder`). Evaluation generates
 greedily and reports accuracy overall and per question kind, plus the visual tokens each answer cost.
 
+For a method's objective the task provides LOGITS (the LM's next-token logits at the answer positions, recomputable
+on the same batch, so R-AMT's gradient dropout compares frozen and current next-token distributions there) and BUDGET
+(`collate(rows, budget=N)` builds the batch with N visual tokens per image through `adaptune.budget.BudgetProcessor`,
+so a TokenFLEX adapter trains with its per-batch budget sampling here too).
+
     task: {name: vqa_sft, params: {dataset: glyphqa, num_train: 2000, resolution: full}}
 """
 
 from __future__ import annotations
 
+import contextlib
 import re
 import time
 from collections import defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from PIL import Image
 
+from ..budget.placeholders import BudgetProcessor
 from ..budget.resolution import downsample
 from ..data.validate import prepare_vqa_row
 from ..registry import TASKS
-from .base import Task
+from .base import BUDGET, LOGITS, Task, TaskLoss
 
 _ANSWER_RE = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
 
@@ -87,6 +95,33 @@ def resize_for(image: Image.Image, resolution: str) -> Image.Image:
 class VQATask(Task):
     Params = VQAParams
     description = "VLM supervised fine-tuning on image/question/answer rows (GlyphQA by default)"
+    provides = frozenset({LOGITS, BUDGET})
+    _budget: int | None = None
+    _budget_processor: BudgetProcessor | None = None
+
+    # -- visual-token budgets -------------------------------------------------------------------------------------
+    @property
+    def processor(self) -> Any:
+        """The family processor, wrapped to emit the current budget's placeholder count while one is set."""
+        if self._budget is None:
+            return self.loaded.processor
+        if self._budget_processor is None:
+            scale = getattr(self.params, "scale_factor", None)
+            scale = scale or getattr(getattr(self.loaded.model, "config", None), "scale_factor", None) or 2
+            self._budget_processor = BudgetProcessor(self.loaded.processor, scale_factor=int(scale))
+        return self._budget_processor.with_budget(self._budget)
+
+    @contextlib.contextmanager
+    def at_budget(self, budget: int | None) -> Iterator[None]:
+        """Batches and generations inside use `budget` visual tokens per image (None: leave the current setting)."""
+        if budget is None:
+            yield
+            return
+        previous, self._budget = self._budget, int(budget)
+        try:
+            yield
+        finally:
+            self._budget = previous
 
     def build_datasets(self) -> dict[str, Any]:
         p = self.params
@@ -106,7 +141,12 @@ class VQATask(Task):
         messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
         return self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
 
-    def collate(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    def collate(self, rows: list[dict[str, Any]], budget: int | None = None) -> dict[str, Any]:
+        """Prompt + target token ids with answer-only labels; `budget`: visual tokens per image (BUDGET)."""
+        with self.at_budget(budget):
+            return self._collate(rows)
+
+    def _collate(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
         tok = self.processor.tokenizer
         rows = [prepare_vqa_row(r, i) for i, r in enumerate(rows)]
         images = [resize_for(r["image"], self.params.resolution) for r in rows]
@@ -124,15 +164,26 @@ class VQATask(Task):
         batch["labels"] = labels
         return dict(batch)
 
-    def loss(self, model: torch.nn.Module, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
+    def loss(self, model: torch.nn.Module, batch: dict[str, Any]) -> TaskLoss:
         out = model(**batch)
-        return out.loss, {}
+        targets = batch["labels"][:, 1:] != -100  # logits at t predict token t + 1
+
+        def answer_logits(logits: torch.Tensor) -> torch.Tensor:
+            return logits[:, :-1][targets]
+
+        return TaskLoss(out.loss, {}, logits=answer_logits(out.logits),
+                        reference=lambda: answer_logits(model(**batch).logits))
 
     # -- evaluation -----------------------------------------------------------------------------------------------
     @torch.no_grad()
-    def generate_answers(self, model: torch.nn.Module, rows: list[dict[str, Any]], resolution: str | None = None
-                         ) -> list[dict[str, Any]]:
-        """Greedy answers for `rows`, with the visual tokens each one cost."""
+    def generate_answers(self, model: torch.nn.Module, rows: list[dict[str, Any]], resolution: str | None = None,
+                         budget: int | None = None) -> list[dict[str, Any]]:
+        """Greedy answers for `rows`, with the visual tokens each one cost (at `budget` tokens per image if given)."""
+        with self.at_budget(budget):
+            return self._generate_answers(model, rows, resolution)
+
+    def _generate_answers(self, model: torch.nn.Module, rows: list[dict[str, Any]], resolution: str | None
+                          ) -> list[dict[str, Any]]:
         resolution = resolution or self.params.resolution
         tok = self.processor.tokenizer
         image_token_id = tok.convert_tokens_to_ids(self.loaded.family.image_token)

@@ -1,6 +1,7 @@
 """The one place that turns recipe sections into library objects: PeftConfig and TrainingArguments.
 
-(The GRPO section is converted by `adaptune.rl.glue`, which calls `training_arguments_kwargs` for the shared fields.)
+(The GRPO section is converted by `adaptune.rl.trainer`, which calls `training_arguments_kwargs` for the shared
+fields.)
 """
 
 from __future__ import annotations

@@ -15,6 +15,10 @@ the lead's `adaptune/methods/__init__.py` imports it).
 The budget is a per-call argument of the processor (`budget=N` tokens per image, or `(h, w)`); the model reads it back
 from what the processor emitted (Qwen-VL: a pooled `image_grid_thw` plus the real `vision_grid_thw`; LLaVA/SmolVLM:
 the placeholder count), so the two cannot disagree.
+
+Training: the method's objective (`objective.FlexProjectorObjective`) draws one budget per training batch from the
+config's `budgets` / `budget_weights` (the only place they are set) on any task that can build a batch at a budget
+(`vqa_sft`, `flex_vqa`); `flex_vqa` also evaluates at every budget.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from ...budget.placeholders import budget_processor as flex_processor
 from .config import FlexProjectorConfig
 from .layer import FlexProjector, FlexProjectorLayer, FlexVisionTowerLayer, pool_grid
 from .model import SUPPORTED_FAMILIES, FlexProjectorModel
+from .objective import FlexProjectorObjective
 
 INFO = register_method(
     MethodInfo(
@@ -34,6 +39,7 @@ INFO = register_method(
         model_cls=FlexProjectorModel,
         families=SUPPORTED_FAMILIES,
         test_config=lambda family, model: FlexProjectorConfig(),
+        objective=FlexProjectorObjective,
         description="TokenFLEX: pool-to-budget + LayerNorm + SwiGLU projector, one set of weights for every "
                     "visual-token budget",
         mergeable=False,
@@ -43,5 +49,6 @@ INFO = register_method(
 
 __all__ = [
     "BudgetError", "BudgetSampler", "FlexProcessor", "FlexProjector", "FlexProjectorConfig", "FlexProjectorLayer",
-    "FlexProjectorModel", "FlexVisionTowerLayer", "budget_tokens", "flex_processor", "pool_grid", "resolve_grid",
+    "FlexProjectorModel", "FlexProjectorObjective", "FlexVisionTowerLayer", "budget_tokens", "flex_processor",
+    "pool_grid", "resolve_grid",
 ]

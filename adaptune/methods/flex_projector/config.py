@@ -7,6 +7,9 @@ checked when it is loaded, so an adapter saved on one model refuses another with
 
     from adaptune.methods.flex_projector import FlexProjectorConfig
     config = FlexProjectorConfig(budgets=[4, 9, 16], budget_weights=[2, 3, 5])
+
+`budgets` / `budget_weights` are the single source of TokenFLEX's training budgets: the method's objective draws
+one per training batch from them on every task, and `flex_vqa` evaluates at `budgets` unless told otherwise.
 """
 
 from __future__ import annotations
@@ -26,8 +29,10 @@ class FlexProjectorConfig(PeftConfig):
     """TokenFLEX: replace a VLM's projector with pool-to-budget + LayerNorm + SwiGLU (METHODS.md section 1)."""
 
     budgets: list[int] = field(default_factory=lambda: [4, 9, 16], metadata={
-        "help": "Visual-token budgets per image drawn during training (one per batch). The paper uses 64/144/256 on "
-                "a 27x27 grid; on a 128 px tiny Qwen3-VL (8x8 patches, 16 tokens by default) 4/9/16 keeps the ratios."})
+        "help": "Visual-token budgets per image drawn during training (one per batch, by the method's objective, on "
+                "any task) and evaluated by flex_vqa unless its eval_budgets say otherwise. The paper uses 64/144/256 "
+                "on a 27x27 grid; on a 128 px tiny Qwen3-VL (8x8 patches, 16 tokens by default) 4/9/16 keeps the "
+                "ratios."})
     budget_weights: list[float] = field(default_factory=lambda: [2.0, 3.0, 5.0], metadata={
         "help": "Relative sampling weight of each entry of `budgets` (paper: 2:3:5)."})
     hidden_mult: int = field(default=3, metadata={

@@ -31,6 +31,7 @@ from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 
 from ...budget.grid import BudgetError, resolve_grid
+from ...budget.inputs import check_vision_grids
 
 # ------------------------------------------------------------------------------------------------------ the math
 
@@ -231,20 +232,6 @@ class FlexVisionTowerLayer(_FlexLayerMixin, nn.Module):
         self.merge = int(cfg.spatial_merge_size)
         self.update_layer(adapter_name, int(cfg.hidden_size), int(cfg.out_hidden_size), hidden_mult)
 
-    def _check_grids(self, hidden_states: torch.Tensor, real: torch.Tensor, language: torch.Tensor) -> None:
-        patches = int(real.prod(-1).sum())
-        if patches != hidden_states.shape[0]:
-            raise ValueError(
-                f"pixel_values hold {hidden_states.shape[0]} patches but the vision grid describes {patches}; a "
-                "TokenFLEX batch whose image_grid_thw was pooled to a budget must also pass `vision_grid_thw` "
-                "(use adaptune.methods.flex_projector.FlexProcessor)")
-        if real.shape != language.shape:
-            raise ValueError(f"vision_grid_thw has {real.shape[0]} images but image_grid_thw {language.shape[0]}")
-        if bool((real[:, 0] != 1).any()):
-            raise ValueError("TokenFLEX supports images only (temporal grid 1), not videos")
-        if bool((language[:, 1:] % self.merge != 0).any()):
-            raise BudgetError(f"image_grid_thw {language.tolist()} is not a multiple of the merge size {self.merge}")
-
     def forward(self, hidden_states: torch.Tensor, grid_thw: torch.Tensor | None = None, **kwargs: Any):
         projector = self._active_projector()
         real = self._vision_grid
@@ -255,7 +242,7 @@ class FlexVisionTowerLayer(_FlexLayerMixin, nn.Module):
                                  "produces its fixed token count")
             return self.base_layer(hidden_states, grid_thw=grid_thw, **kwargs)
         real = grid_thw if real is None else real.to(grid_thw.device)
-        self._check_grids(hidden_states, real, grid_thw)
+        check_vision_grids(hidden_states.shape[0], real, grid_thw, self.merge, "TokenFLEX")
         base = self.base_layer
         unit = self.merge * self.merge
         merger_capture = _Capture(unit)

@@ -3,11 +3,10 @@
 What it does besides swapping the module (see `layer.py` for the math):
 - records the base model's family and projector widths in the config, and refuses a model that differs (an adapter
   saved on one family or size gives a message saying what differs instead of a shape error deep in `load_state_dict`);
-- installs a forward pre-hook on the wrapped Hugging Face model that takes the per-call budget information off the
-  inputs: `vision_grid_thw` (Qwen-VL: the real patch grid, while `image_grid_thw` carries the pooled grid the language
-  side and M-RoPE must see) and the number of image placeholder tokens (LLaVA/SmolVLM: the budget itself);
-- gives the model a `generate()` that accepts `vision_grid_thw` and keeps the budget stashed for the whole call
-  (Hugging Face rejects unknown generate kwargs, and encodes images before the first forward).
+- registers a listener for the per-call budget inputs (`adaptune.budget.inputs`, shared with the token reducers):
+  `vision_grid_thw` (Qwen-VL: the real patch grid, while `image_grid_thw` carries the pooled grid the language side and
+  M-RoPE must see) and the number of image placeholder tokens (LLaVA/SmolVLM: the budget itself), read off the inputs
+  by a forward pre-hook and kept for the whole of a `generate()` call; the listener hands them to the layers.
 
     import adaptune
     from peft import get_peft_model
@@ -16,13 +15,13 @@ What it does besides swapping the module (see `layer.py` for the math):
 
 from __future__ import annotations
 
-import types
 from typing import Any
 
 import torch
 from peft.tuners.tuners_utils import BaseTuner
 from torch import nn
 
+from ...budget.inputs import BudgetCall, add_budget_listener, image_token_id, remove_budget_listener  # noqa: F401
 from ...models import detect_family
 from .config import FlexProjectorConfig
 from .layer import FlexProjectorLayer, FlexVisionTowerLayer, _FlexLayerMixin
@@ -31,84 +30,24 @@ SUPPORTED_FAMILIES = ("qwen3_vl", "qwen2_5_vl", "llava", "smolvlm")
 _CONTAINERS = ("flex_projector",)
 
 
-def image_token_id(config: Any) -> int | None:
-    """The image placeholder id of a VLM config (the attribute name differs between families)."""
-    for name in ("image_token_id", "image_token_index"):
-        value = getattr(config, name, None)
-        if value is not None:
-            return int(value)
-    return None
-
-
 def _flex_layers(model: nn.Module) -> list[_FlexLayerMixin]:
     return [m for m in model.modules() if isinstance(m, _FlexLayerMixin)]
 
 
-def _placeholder_count(model: nn.Module, input_ids: torch.Tensor | None, pixel_values: Any) -> int | None:
-    token_id = image_token_id(model.config)
-    if pixel_values is None or input_ids is None or token_id is None:
-        return None
-    return int((input_ids == token_id).sum())
-
-
-def _stash(model: nn.Module, vision_grid: torch.Tensor | None, count: int | None, scoped: bool | None = None) -> None:
+def _flex_listener(model: nn.Module, call: BudgetCall | None) -> None:
+    """Hand the per-call budget inputs (or None at the end of a call) to the TokenFLEX layers."""
     for layer in _flex_layers(model):
-        layer._vision_grid = vision_grid
-        layer._placeholders = count
-        if scoped is not None:
-            layer._scoped = scoped
-
-
-def _is_scoped(model: nn.Module) -> bool:
-    return any(getattr(layer, "_scoped", False) for layer in _flex_layers(model))
-
-
-def _flex_pre_hook(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
-    """Take the per-call budget inputs off the model inputs and hand them to the TokenFLEX layers."""
-    vision_grid = kwargs.pop("vision_grid_thw", None)
-    pixel_values = kwargs.get("pixel_values")
-    if pixel_values is not None and not _is_scoped(module):
-        _stash(module, vision_grid, _placeholder_count(module, kwargs.get("input_ids", args[0] if args else None),
-                                                       pixel_values))
-    return args, kwargs
-
-
-def _flex_post_hook(module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
-    if kwargs.get("pixel_values") is not None and not _is_scoped(module):
-        _stash(module, None, None)
-
-
-def _flex_generate(self: nn.Module, *args: Any, **kwargs: Any) -> Any:
-    """`generate` that accepts `vision_grid_thw`: the budget inputs stay stashed for the whole call (Hugging Face
-    encodes the images before the first forward, through `get_image_features`, which no forward hook sees)."""
-    vision_grid = kwargs.pop("vision_grid_thw", None)
-    input_ids = kwargs.get("input_ids", args[0] if args else None)
-    _stash(self, vision_grid, _placeholder_count(self, input_ids, kwargs.get("pixel_values")), scoped=True)
-    try:
-        return type(self).generate(self, *args, **kwargs)
-    finally:
-        _stash(self, None, None, scoped=False)
+        layer._vision_grid = call.vision_grid if call is not None else None
+        layer._placeholders = call.placeholders if call is not None else None
 
 
 def install_flex_hooks(model: nn.Module) -> None:
-    """Idempotently add the input pre-hook, the clean-up hook and the budget-aware `generate` to `model`."""
-    if not any(hook is _flex_pre_hook for hook in model._forward_pre_hooks.values()):
-        model.register_forward_pre_hook(_flex_pre_hook, with_kwargs=True)
-        model.register_forward_hook(_flex_post_hook, with_kwargs=True, always_call=True)
-    if hasattr(type(model), "generate"):
-        model.generate = types.MethodType(_flex_generate, model)
+    """Idempotently add the budget-input hooks and the budget-aware `generate` to `model` (`adaptune.budget.inputs`)."""
+    add_budget_listener(model, "flex_projector", _flex_listener)
 
 
 def remove_flex_hooks(model: nn.Module) -> None:
-    for hooks in (model._forward_pre_hooks, model._forward_hooks):
-        for key in [k for k, hook in hooks.items() if hook in (_flex_pre_hook, _flex_post_hook)]:
-            del hooks[key]
-    for registry in ("_forward_hooks_always_called", "_forward_hooks_with_kwargs", "_forward_pre_hooks_with_kwargs"):
-        table = getattr(model, registry, None)
-        if table is not None:
-            for key in [k for k in table if k not in model._forward_hooks and k not in model._forward_pre_hooks]:
-                del table[key]
-    model.__dict__.pop("generate", None)
+    remove_budget_listener(model, "flex_projector")
 
 
 def _geometry(model: nn.Module, family: str) -> dict[str, Any]:

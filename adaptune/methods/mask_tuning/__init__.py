@@ -2,7 +2,9 @@
 
 What: a real-valued score per masked weight (init 0.01), mask = score > 0.005 with a straight-through gradient,
 effective weight = mask * frozen weight; only the scores train. Loss = task loss + 1e-4 * sum of the scores' L2 norms,
-with optional gradient dropout gated by the KL to the frozen zero-shot model (`gradient_dropout.py`).
+with optional gradient dropout gated by the KL to the frozen zero-shot model (`gradient_dropout.py`). Both are the
+method's objective (`MaskTuningObjective`, declared on `INFO`), which the trainer applies on every task and family the
+method claims, with the settings of the adapter's `MaskTuningConfig` only.
 Why: the knowledge is already in the pre-trained weights; masking a few percent of them adapts CLIP-like encoders to a
 few-shot task, and after `merge_and_unload()` inference costs exactly what the base model costs.
 How:
@@ -13,7 +15,9 @@ How:
     loss, logs = mask_tuning_objective(model, ce_loss, logits=logits, reference_logits=frozen_logits)
     model.save_pretrained("adapter/")                   # bit-packed masks + scores
     merged = model.merge_and_unload()                   # plain CLIP with masked weights baked in
-Recipes: `adapter: {method: mask_tuning, params: {gradient_dropout_lambda: 0.3}}` with task `fewshot_clip`.
+Recipes: `adapter: {method: mask_tuning, params: {gradient_dropout_lambda: 0.3}}` with any task whose loss comes
+from logits (`fewshot_clip`, `vqa_sft`, `segmentation`); on a task without logits `gradient_dropout`
+must be false (otherwise the recipe is refused).
 """
 
 from __future__ import annotations
@@ -23,12 +27,11 @@ from typing import Any
 from .._peft_ext import MethodInfo, register_method
 from .config import METHOD_NAME, MaskTuningConfig
 from .gradient_dropout import (
+    MaskTuningObjective,
     gradient_dropout,
     keep_probability,
     kl_to_reference,
     mask_tuning_objective,
-    needs_reference_logits,
-    reference_logits_of,
 )
 from .layer import MaskTuningLayer, binary_mask, pack_bits, unpack_bits
 from .model import MaskTuningModel, check_base_model, default_target_modules
@@ -44,7 +47,7 @@ def _test_config(family: str, model: Any) -> MaskTuningConfig:
 INFO = register_method(
     MethodInfo(
         name=METHOD_NAME, config_cls=MaskTuningConfig, model_cls=MaskTuningModel, families=FAMILIES,
-        test_config=_test_config, mergeable=True,
+        test_config=_test_config, mergeable=True, objective=MaskTuningObjective,
         description="R-AMT: learned binary masks over frozen vision weights (straight-through scores, gradient "
                     "dropout); merges into the weights",
     ),
@@ -52,7 +55,7 @@ INFO = register_method(
 )
 
 __all__ = [
-    "INFO", "MaskTuningConfig", "MaskTuningLayer", "MaskTuningModel", "binary_mask", "check_base_model",
-    "default_target_modules", "gradient_dropout", "keep_probability", "kl_to_reference", "mask_tuning_objective",
-    "masked_share", "needs_reference_logits", "pack_bits", "plot_masked_share", "reference_logits_of", "unpack_bits",
+    "INFO", "MaskTuningConfig", "MaskTuningLayer", "MaskTuningModel", "MaskTuningObjective", "binary_mask",
+    "check_base_model", "default_target_modules", "gradient_dropout", "keep_probability", "kl_to_reference",
+    "mask_tuning_objective", "masked_share", "pack_bits", "plot_masked_share", "unpack_bits",
 ]

@@ -42,12 +42,13 @@ class MaskTuningConfig(PeftConfig):
     score_l2_weight: float = field(
         default=1e-4,
         metadata={"help": "Weight of the regulariser: sum over masked tensors of the L2 norm of their scores "
-                          "(added by `mask_tuning_objective`)."},
+                          "(added by the method's objective on every task)."},
     )
     gradient_dropout: bool = field(
         default=True,
         metadata={"help": "Gate the task gradient by its agreement with the gradient of KL(frozen zero-shot logits || "
-                          "current logits) (R-AMT). Applied by `mask_tuning_objective` inside the task loss."},
+                          "current logits) (R-AMT). Applied by the method's objective on every task whose loss comes "
+                          "from logits; a recipe whose task has none must set it to false."},
     )
     gradient_dropout_lambda: float = field(
         default=1.0, metadata={"help": "Strength of gradient dropout in [0, 1]: 0 = plain gradient, 1 = full gating."},

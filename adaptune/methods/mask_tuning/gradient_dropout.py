@@ -1,4 +1,4 @@
-"""R-AMT's training objective: score regulariser plus gradient dropout, computed inside a task's loss.
+"""R-AMT's training objective: score regulariser plus gradient dropout, applied by the trainer on every task.
 
 Gradient dropout (METHODS.md section 3), per score element:
     a = d task_loss / d score,   b = d KL(frozen zero-shot logits || current logits) / d score   (T = 1)
@@ -8,14 +8,21 @@ The KL gradient only gates, it is never applied. The regulariser (score_l2_weigh
 tensors) is added to the task loss and its gradient passes ungated; parameters that are not mask scores (e.g.
 `modules_to_save`) get the plain task gradient.
 
-Integration design: everything happens inside `Task.loss`, so the stock HF `Trainer` (whose `compute_loss` calls
-`task.loss`) needs no callback. `mask_tuning_objective` computes a and b with two `torch.autograd.grad` calls over the
-one forward graph, gates a, and returns a surrogate whose value is task_loss + regulariser and whose gradient is the
-gated one: `loss.backward()` (Trainer, accelerate, gradient accumulation scaling) then applies exactly the gated
-gradient. Cost: one extra no-grad forward with the adapter disabled (the frozen zero-shot logits come from the same
-model, no copy) and one extra backward pass. Under DDP each rank gates its own gradients before the all-reduce.
+Integration design: `MaskTuningObjective` is the method's `MethodObjective` (`adaptune.methods.objective`), so the
+trainer (`adaptune.train.objectives`, inside `TaskTrainer.compute_loss`) applies it to whatever task the recipe names;
+the settings come only from the adapter's `MaskTuningConfig`. The task hands over its loss, the logits it was
+computed from (one categorical distribution per row: CLIP class logits, the LM's next-token logits at the answer
+positions, [0, x] per pixel of a sigmoid mask) and a callable that recomputes them; the objective calls that callable
+with the adapter disabled and no gradient (the frozen zero-shot logits: the same model, no copy). A task that provides
+no logits cannot honour `gradient_dropout=True`: that recipe is refused before training (`requirements`).
+`mask_tuning_objective` computes a and b with two `torch.autograd.grad` calls over the one forward graph, gates a, and
+returns a surrogate whose value is task_loss + regulariser and whose gradient is the gated one: `loss.backward()`
+(Trainer, accelerate, gradient accumulation scaling) then applies exactly the gated gradient. Cost: one extra no-grad
+forward with the adapter disabled and one extra backward pass. Under DDP each rank gates its own gradients before the
+all-reduce.
 
     loss, logs = mask_tuning_objective(model, task_loss, logits=logits, reference_logits=frozen_logits)
+    # or, on any task: TaskTrainer (or adaptune.train.objectives.training_loss) with a mask-tuning PeftModel
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..objective import LOGITS, MethodObjective, Requirement, unwrap_model
 from .config import MaskTuningConfig
 from .layer import MaskTuningLayer
 
@@ -45,7 +53,8 @@ def gradient_dropout(a: torch.Tensor, b: torch.Tensor, lam: float = 1.0,
                      generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(gated gradient, keep decisions): [(1 - lam) + lam * 1(P > U)] * a with U ~ Uniform(0, 1)."""
     p = keep_probability(a, b)
-    u = torch.rand(p.shape, generator=generator, dtype=p.dtype, device=p.device)
+    device = generator.device if generator is not None else p.device
+    u = torch.rand(p.shape, generator=generator, dtype=p.dtype, device=device).to(p.device)
     keep = p > u
     return ((1.0 - lam) + lam * keep.to(a.dtype)) * a, keep
 
@@ -134,13 +143,40 @@ def mask_tuning_objective(
     return value + (surrogate - surrogate.detach()) + (reg - reg.detach()), logs
 
 
-def reference_logits_of(model: nn.Module, compute: Any, *args: Any, **kwargs: Any) -> torch.Tensor:
-    """`compute(*args, **kwargs)` with the adapter disabled and no gradient: the frozen model's logits."""
-    with torch.no_grad(), adapters_disabled(model):
-        return compute(*args, **kwargs).detach()
+class MaskTuningObjective(MethodObjective):
+    """R-AMT on any task: score L2 always; gradient dropout against the frozen model's logits when the config asks."""
 
+    @classmethod
+    def requirements(cls, config: MaskTuningConfig) -> list[Requirement]:
+        if not config.gradient_dropout:
+            return []
+        return [Requirement(LOGITS, "gradient_dropout",
+                            "gradient dropout gates the task gradient by the KL between the frozen and the current "
+                            "model's predictions, and this task's loss comes from no logits; set "
+                            "adapter.params.gradient_dropout: false to train with the score L2 only")]
 
-def needs_reference_logits(model: nn.Module) -> bool:
-    """True when `mask_tuning_objective` would use reference logits (mask tuning with gradient dropout, training)."""
-    found = find_mask_tuning(model)
-    return bool(found and found[0].gradient_dropout and torch.is_grad_enabled())
+    def __init__(self, config: MaskTuningConfig, context: Any) -> None:
+        super().__init__(config, context)
+        self._generators: dict[str, torch.Generator] = {}
+
+    def generator(self, device: torch.device) -> torch.Generator:
+        """The seeded generator of the dropout draws on `device` (one per device, seeded with the run's seed)."""
+        key = str(device)
+        if key not in self._generators:
+            self._generators[key] = torch.Generator(device=device).manual_seed(int(self.context.seed))
+        return self._generators[key]
+
+    def loss(self, model: nn.Module, out: Any, meta: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
+        if out.loss is None:
+            raise RuntimeError("mask tuning regularises the task's loss, and the task returned none")
+        model = unwrap_model(model)
+        reference = None
+        training = torch.is_grad_enabled() and out.loss.requires_grad
+        if self.config.gradient_dropout and training:
+            if out.logits is None or out.reference is None:
+                raise RuntimeError("mask tuning: gradient_dropout=True needs the task's logits and their reference "
+                                   "(TaskLoss.logits / .reference); this task returned none")
+            with torch.no_grad(), adapters_disabled(model):
+                reference = out.reference().detach()
+        return mask_tuning_objective(model, out.loss, logits=out.logits, reference_logits=reference,
+                                     generator=self.generator(out.loss.device))

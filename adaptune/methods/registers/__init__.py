@@ -1,8 +1,10 @@
 """PH-Reg (`registers`): post-hoc register tokens for pre-trained ViTs, trained by self-distillation.
 
 Importing this package registers the method with PEFT and adaptune's `METHODS`. The distillation pieces (teacher
-views, denoised targets, loss) are in `distill.py`, the artifact measurements in `diagnostics.py`, and the training task
-is `register_distill` (`adaptune/tasks/register_distill.py`).
+views, denoised targets, loss) are in `distill.py`, the artifact measurements in `diagnostics.py`. The distillation is
+the method's objective (`objective.RegistersObjective`, declared on `INFO`, settings from `RegistersConfig`): the
+trainer applies it on the images of the `register_distill` task (`adaptune/tasks/register_distill.py`), which only
+provides them.
 
     from peft import get_peft_model
     from adaptune.methods.registers import RegistersConfig, distill
@@ -17,6 +19,7 @@ from .._peft_ext import MethodInfo, register_method
 from .config import UNLOCKABLE, RegistersConfig
 from .layer import RegisterBlockLayer, RegisterEmbeddingLayer, drop_registers
 from .model import SUPPORTED_FAMILIES, RegistersModel, find_vit
+from .objective import RegistersObjective
 
 INFO = register_method(
     MethodInfo(
@@ -30,11 +33,12 @@ INFO = register_method(
         description="PH-Reg: post-hoc register tokens for a ViT (plus trainable copies of its position/patch "
                     "embeddings and last block), trained by self-distillation from the frozen model",
         mergeable=False,
+        objective=RegistersObjective,
     ),
     prefix="reg_",
 )
 
 __all__ = [
     "UNLOCKABLE", "RegisterBlockLayer", "RegisterEmbeddingLayer", "RegistersConfig", "RegistersModel",
-    "drop_registers", "find_vit",
+    "RegistersObjective", "drop_registers", "find_vit",
 ]

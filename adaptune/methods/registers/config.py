@@ -6,6 +6,10 @@
 
 `target_modules` is filled in from the model (the ViT's embeddings and its last block); `base_family`,
 `vision_hidden_size` and `vision_layers` are recorded on creation and checked on load.
+
+The self-distillation settings (`num_views`, `max_shift`, `flip`, `candidates`, `fill`, `mse_weight`, `view_seed`)
+belong to the method, not to a task: the method's objective (`objective.RegistersObjective`) builds the teacher and
+the loss from them on the images the task hands over (`register_distill`).
 """
 
 from __future__ import annotations
@@ -43,6 +47,19 @@ class RegistersConfig(PeftConfig):
         "help": "Hidden size of the ViT (recorded automatically, checked on load)."})
     vision_layers: int | None = field(default=None, metadata={
         "help": "Number of ViT blocks (recorded automatically, checked on load)."})
+    num_views: int = field(default=10, metadata={
+        "help": "Self-distillation: augmented views the frozen teacher sees per image (view 0 is the identity); the "
+                "target is their per-position average."})
+    max_shift: float = field(default=0.15, metadata={
+        "help": "Self-distillation: largest view shift, as a fraction of the patch-grid side (whole patches)."})
+    flip: bool = field(default=True, metadata={"help": "Self-distillation: views may flip the image horizontally."})
+    candidates: int = field(default=100, metadata={
+        "help": "Self-distillation: random view candidates the farthest-point sampling picks the views from."})
+    fill: float = field(default=0.0, metadata={
+        "help": "Self-distillation: value of pixels shifted in from outside, after normalisation (0 = mean colour)."})
+    mse_weight: float = field(default=1.0, metadata={
+        "help": "Self-distillation loss = (1 - mean cosine) + mse_weight * MSE, on patch tokens."})
+    view_seed: int = field(default=0, metadata={"help": "Self-distillation: seed of the view sampling."})
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -58,3 +75,11 @@ class RegistersConfig(PeftConfig):
         self.unlock = list(self.unlock)
         if isinstance(self.target_modules, (list, tuple, set)):
             self.target_modules = list(self.target_modules)
+        if int(self.num_views) < 1:
+            raise ValueError(f"num_views must be >= 1, got {self.num_views}")
+        if not 0 <= self.max_shift < 1:
+            raise ValueError(f"max_shift must be a fraction in [0, 1), got {self.max_shift}")
+        if int(self.candidates) < 1:
+            raise ValueError(f"candidates must be >= 1, got {self.candidates}")
+        if self.mse_weight < 0:
+            raise ValueError(f"mse_weight must be >= 0, got {self.mse_weight}")

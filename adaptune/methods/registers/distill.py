@@ -10,9 +10,14 @@ does not, so averaging suppresses them.
 
 Loss: (1 - mean cosine similarity) + mse_weight * MSE, on patch tokens only (prefix and register tokens excluded).
 
+`Distiller` ties the pieces to one `RegistersConfig` (views, fill, mse_weight) and an optional on-disk cache; the
+method's objective (`objective.RegistersObjective`) and the `register_distill` task's evaluation both use it, so the
+teacher the student trains against is the one it is measured against.
+
     views = fps_views((4, 4), num_views=10, seed=0)
     target = denoised_target(peft_model, "clip", pixel_values, views)          # (B, Hg, Wg, d)
     loss = distill_loss(patch_features(peft_model, "clip", pixel_values), target)
+    loss, parts = Distiller(config, "clip").loss(peft_model, pixel_values)    # the same, with config's settings
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -204,6 +210,36 @@ class TargetCache:
                 torch.save(target.cpu(), self.directory / f"{keys[i]}.pt")
                 found[i] = target
         return torch.stack([found[i] for i in range(len(keys))])
+
+
+class Distiller:
+    """PH-Reg's teacher and loss with the settings of one `RegistersConfig` (views chosen per patch grid on first use)."""
+
+    def __init__(self, config: Any, family: str, cache: TargetCache | None = None) -> None:
+        self.config = config
+        self.family = family
+        self.cache = cache
+        self._views: dict[tuple[int, int], list[View]] = {}
+
+    def views(self, model: nn.Module, pixel_values: torch.Tensor) -> list[View]:
+        patch = patch_size_of(model, self.family)
+        grid = (pixel_values.shape[-2] // patch, pixel_values.shape[-1] // patch)
+        if grid not in self._views:
+            c = self.config
+            self._views[grid] = fps_views(grid, c.num_views, c.max_shift, c.flip, c.candidates, c.view_seed)
+        return self._views[grid]
+
+    def targets(self, model: nn.Module, pixel_values: torch.Tensor) -> torch.Tensor:
+        """The denoised (B, Hg, Wg, d) targets of `pixel_values` (from the cache when there is one)."""
+        views = self.views(model, pixel_values)
+        if self.cache is not None:
+            return self.cache.targets(model, self.family, pixel_values, views, self.config.fill)
+        return denoised_target(model, self.family, pixel_values, views, self.config.fill)
+
+    def loss(self, model: nn.Module, pixel_values: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        """(1 - cosine) + mse_weight * MSE between the student's patch features and the denoised targets."""
+        target = self.targets(model, pixel_values)
+        return distill_loss(patch_features(model, self.family, pixel_values), target, self.config.mse_weight)
 
 
 def grid_side(num_tokens: int) -> int:

@@ -1,0 +1,155 @@
+"""One accuracy-vs-visual-tokens table for every way of spending fewer visual tokens, on one held-out set.
+
+What: for a base VLM and a list of budgets (visual tokens per image), evaluates side by side on the SAME held-out rows
+and with the SAME prompt and answer protocol (`adaptune.budget.two_turn`, direct answers prefilled, scored by the rule
+judge):
+- `full`: the base model with every visual token (the reference);
+- `downsample`: the image downsampled (the one BOX downsampler) to the size whose token count is the budget;
+- every training-free token reducer (`adaptune.budget.reducers`: FasterVLM, DivPrune, ToMe ...) at each budget;
+- learned budget adapters given as run directories or adapter folders: a TokenFLEX projector at each budget it was
+  trained for (`flex_projector` trained on one budget is a fixed projector, evaluated at that budget only);
+- resolution policies (GRPO run directories): the two-turn loop, whose visual tokens vary per question.
+Writes `budgets.json`, `budgets.md` (the table) and `pareto.png` (accuracy vs mean visual tokens, Pareto front).
+
+Why: the papers adaptune builds on compare learned projectors and training-free pruning at equal budgets; a number
+from a different prompt, split or scorer is not comparable, so everything here goes through one loop and one scorer.
+
+    adaptune eval budgets model=default budgets=1,4,9,16 adapters=runs/flex,runs/fixed4 policies=runs/vt
+    rows = budget_sweep(loaded, heldout, budgets=[1, 4, 9, 16], reducers=["divprune", "tome"])
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from ..budget.grid import BudgetError
+from ..budget.placeholders import BudgetProcessor
+from ..budget.reducers import REDUCERS, apply_reducer
+from ..budget.resolution import image_tokens
+from ..budget.two_turn import answer_with_resolution_policy, summarize
+from ..models import LoadedModel
+
+
+def _score(results: list[Any], rows: Sequence[dict[str, Any]], judge: Any) -> list[bool]:
+    from ..rl.inference import score_results
+
+    return score_results(results, [str(r["question"]) for r in rows], [str(r["answer"]) for r in rows], judge)
+
+
+def _cell(name: str, method: str, kind: str, budget: int | None, results: list[Any], correct: list[bool],
+          rows: Sequence[dict[str, Any]], seconds: float) -> dict[str, Any]:
+    kinds = [str(r["kind"]) for r in rows] if rows and "kind" in rows[0] else None
+    summary = summarize(results, correct, kinds)
+    cell: dict[str, Any] = {"name": name, "method": method, "kind": kind, "budget": budget,
+                            "accuracy": summary["all"]["accuracy"], "visual_tokens": summary["all"]["visual_tokens"],
+                            "resize_rate": summary["all"]["resize_rate"], "n": summary["all"]["n"],
+                            "seconds_per_answer": seconds / max(1, len(rows))}
+    for group, values in summary.items():
+        if group != "all":
+            cell[f"accuracy/{group}"] = values["accuracy"]
+    return cell
+
+
+def downsample_factor_for(loaded: LoadedModel, size: tuple[int, int], budget: int) -> float | None:
+    """The largest factor in steps of 1/64 whose downsampled image costs exactly `budget` tokens, or None."""
+    width, height = size
+    for step in range(64, 0, -1):
+        factor = step / 64
+        tokens = image_tokens(loaded.family, loaded.processor, (max(1, round(width * factor)),
+                                                                max(1, round(height * factor))))
+        if tokens == budget:
+            return factor
+        if tokens < budget:
+            return None
+    return None
+
+
+def budget_sweep(loaded: LoadedModel, rows: Sequence[dict[str, Any]], budgets: Sequence[int],
+                 reducers: Sequence[str] | None = None, adapters: Sequence[str | Path] = (),
+                 policies: Sequence[str | Path] = (), judge: Any = None, batch_size: int = 32,
+                 max_new_tokens: int = 16, policy_max_new_tokens: int = 64) -> list[dict[str, Any]]:
+    """The comparison table as a list of cells (one per method x budget); see the module docstring."""
+    from ..adapters import load_adapter
+
+    reducers = list(REDUCERS.names() if reducers is None else reducers)
+    model, processor = loaded.model, loaded.processor
+    images = [r["image"] for r in rows]
+    questions = [str(r["question"]) for r in rows]
+    cells: list[dict[str, Any]] = []
+
+    def run(name: str, method: str, kind: str, budget: int | None, the_model: torch.nn.Module, proc: Any,
+            context: Any = None, **kwargs: Any) -> None:
+        t0 = time.perf_counter()
+        with context or nullcontext():
+            results = answer_with_resolution_policy(the_model, proc, images, questions, family=loaded.family,
+                                                    batch_size=batch_size, **kwargs)
+        seconds = time.perf_counter() - t0
+        cells.append(_cell(name, method, kind, budget, results, _score(results, rows, judge), rows, seconds))
+
+    plan: list[tuple[str, Any]] = [("full", None)]
+    plan += [("downsample", b) for b in budgets]
+    plan += [(r, b) for r in reducers for b in budgets]
+    progress = tqdm(total=len(plan) + len(adapters) + len(policies), desc="budget sweep", unit="method")
+    for method, budget in plan:
+        progress.set_postfix_str(f"{method}@{budget}" if budget else method)
+        if method == "full":
+            run("full", "full", "reference", None, model, processor, always="full", max_new_tokens=max_new_tokens)
+        elif method == "downsample":
+            factor = downsample_factor_for(loaded, images[0].size, int(budget))
+            if factor is not None:
+                run(f"downsample@{budget}", "downsample", "resolution", int(budget), model, processor, always="low",
+                    downsample_factor=factor, max_new_tokens=max_new_tokens)
+        else:
+            try:
+                run(f"{method}@{budget}", method, "training-free", int(budget), model,
+                    BudgetProcessor(processor, budget=int(budget)), apply_reducer(model, method), always="full",
+                    max_new_tokens=max_new_tokens)
+            except BudgetError:
+                pass  # the budget does not fit this image size: no cell
+        progress.update()
+    for path in adapters:
+        adapted = load_adapter(model, Path(path) / "adapter" if (Path(path) / "adapter").is_dir() else path).eval()
+        config = next(iter(adapted.peft_config.values()))
+        method = str(getattr(config.peft_type, "value", config.peft_type)).lower()
+        trained = [int(b) for b in getattr(config, "budgets", []) or []]
+        label = Path(path).name
+        kind = "learned" if len(trained) != 1 else "learned (fixed)"
+        for budget in [b for b in budgets if b in trained] if trained else []:
+            run(f"{label}@{budget}", method, kind, budget, adapted, BudgetProcessor(processor, budget=budget),
+                always="full", max_new_tokens=max_new_tokens)
+        model = adapted.unload() if hasattr(adapted, "unload") else model
+        progress.update()
+    for path in policies:
+        adapted = load_adapter(model, Path(path) / "adapter" if (Path(path) / "adapter").is_dir() else path).eval()
+        run(Path(path).name, "resolution policy", "learned (policy)", None, adapted, processor,
+            max_new_tokens=policy_max_new_tokens)
+        model = adapted.unload() if hasattr(adapted, "unload") else model
+        progress.update()
+    progress.close()
+    return cells
+
+
+def write_sweep(cells: list[dict[str, Any]], out: Path, title: str = "Accuracy vs visual tokens") -> None:
+    """budgets.json, budgets.md (a table, sorted by budget) and pareto.png into `out`."""
+    from ..train.report import markdown_table
+    from ..utils.io import atomic_write_json, atomic_write_text
+    from . import plot_pareto
+
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / "budgets.json", {"results": cells})
+    ordered = sorted(cells, key=lambda c: (c["visual_tokens"], c["name"]))
+    cols = ["name", "kind", "budget", "visual_tokens", "accuracy"]
+    cols += sorted({k for c in cells for k in c if k.startswith("accuracy/")}) + ["resize_rate", "seconds_per_answer",
+                                                                                  "n"]
+    atomic_write_text(out / "budgets.md", f"# {title}\n\n" + markdown_table(ordered, cols) + "\n![pareto](pareto.png)\n")
+    plot_pareto(cells, out / "pareto.png", title=title)
+
+
+__all__ = ["budget_sweep", "downsample_factor_for", "write_sweep"]

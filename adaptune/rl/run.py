@@ -1,0 +1,64 @@
+"""`adaptune train` for `kind: grpo` recipes: the GRPO trainer inside the shared run-directory lifecycle.
+
+What: `run_grpo_recipe(recipe) -> run directory`, registered as the recipe kind "grpo" (so `adaptune.train.run_recipe`
+reaches it without the training layer importing RL).
+
+Why: a GRPO run writes the same folder as an adapter run (config.yaml, metrics.jsonl, checkpoints/ with COMPLETE
+markers and `resume=true`, adapter/, eval.json, report.md with plots, DONE) and obeys the same refusals, so it uses
+`adaptune.train.lifecycle.RunLifecycle` rather than a copy of it. What is GRPO-specific stays here: the environment's
+counters in every training log, `grpo.time_limit_minutes`, and the held-out policy comparison in the report.
+
+How:
+
+    adaptune train recipes/qwen3_vl/glyphqa/visionthink_grpo.yaml
+    run_dir = run_grpo_recipe(load_recipe("recipes/qwen3_vl/glyphqa/visionthink_grpo_tiny.yaml"))
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ..config import Recipe
+from ..registry import RUN_KINDS
+from ..train.lifecycle import RunLifecycle
+from .report import evaluate_policy, report_sections
+from .sections import parse_grpo_section
+from .trainer import build_grpo_trainer
+
+
+@RUN_KINDS.register("grpo")
+def run_grpo_recipe(recipe: Recipe) -> Path:
+    """Run a `kind: grpo` recipe end to end and return its run directory."""
+    parse_grpo_section(recipe)  # fail on a bad section before touching the run directory
+    life = RunLifecycle.begin(recipe)
+    trainer, parts = build_grpo_trainer(recipe, life.checkpoints)
+    life.attach(trainer, log_extras=parts.env_factory.stats.snapshot, time_limit_minutes=parts.plan.time_limit_minutes)
+    train_seconds, steps_run = 0.0, 0
+    if recipe.training.max_steps > 0:
+        outcome = life.train(trainer)
+        train_seconds, steps_run = outcome.seconds, outcome.steps_run
+    if not life.is_main_process:
+        return life.run_dir
+    model = life.save_adapter(trainer.model)
+    n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    summary: dict[str, Any] = {
+        "method": recipe.adapter.method, "family": parts.loaded.family.name, "model": recipe.model.source,
+        "trainable_params": n_train, "total_params": sum(p.numel() for p in model.parameters()),
+        "steps": trainer.state.global_step, "train_seconds": round(train_seconds, 1),
+        "seconds_per_step": round(train_seconds / max(1, steps_run), 3),
+        "num_generations": parts.config.num_generations, "max_completion_length": parts.config.max_completion_length,
+        **{f"data/{k}": v for k, v in parts.data_stats.items()},
+        **{f"env/{k}": v for k, v in parts.env_factory.stats.totals().items()},
+    }
+    evaluation: dict[str, Any] = {}
+    if parts.plan.eval.enabled:
+        evaluation = evaluate_policy(model, parts.loaded, parts.plan)
+        summary.update(evaluation.get("headline", {}))
+    summary["wall_seconds"] = life.elapsed()
+    return life.finish(f"Run {recipe.name} (VisionThink GRPO)", summary, step=trainer.state.global_step,
+                       final=evaluation.get("headline", {}), eval_extra={"evaluation": evaluation},
+                       sections=report_sections(life.run_dir, evaluation, parts.budget))
+
+
+__all__ = ["run_grpo_recipe"]

@@ -1,0 +1,196 @@
+"""One run directory from the first line to DONE, shared by every recipe kind.
+
+What: the steps every training run takes around its trainer: prepare the run directory (the main process creates or
+checks it, the other processes of an `accelerate launch` wait and join), write `config.yaml`, set the seed, attach the
+callback that appends `metrics.jsonl` and marks finished checkpoints COMPLETE (plus optional mid-run evaluation, extra
+logged scalars and a wall-time limit), resume from the newest COMPLETE checkpoint, save the unwrapped adapter, then
+write the final metrics record, `eval.json`, `report.md` and `DONE`.
+
+Why: the adapter runner (`adaptune.train.runner`) and the GRPO run (`adaptune.rl.run`) write the same folder format
+(`adaptune.train.rundir`); with one lifecycle they cannot drift apart (resume rules, markers, refusals), and a new
+recipe kind gets all of it by calling five methods.
+
+How:
+
+    life = RunLifecycle.begin(recipe)            # refuses finished / interrupted runs, as rundir says
+    trainer = SomeTrainer(..., args=...(output_dir=life.checkpoints))
+    life.attach(trainer, evaluate=fn, eval_steps=50, log_extras=stats.snapshot, time_limit_minutes=None)
+    outcome = life.train(trainer)                # seconds, steps_run, resumed_from
+    if not life.is_main_process:
+        return life.run_dir
+    model = life.save_adapter(trainer.model)     # unwrapped; a PeftModel is saved to adapter/
+    return life.finish("Run x", summary, step=trainer.state.global_step, final={...}, sections=[...])
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from transformers import TrainerCallback, set_seed
+
+from ..adapters import save_adapter
+from ..config import Recipe, recipe_to_yaml
+from ..utils.io import append_jsonl, atomic_write_json, atomic_write_text
+from .report import write_report
+from .rundir import COMPLETE, discard_incomplete_checkpoints, latest_checkpoint, prepare_run_dir, run_dir_for
+
+log = logging.getLogger("adaptune")
+
+
+class RunCallback(TrainerCallback):
+    """Appends logs to metrics.jsonl, marks finished checkpoints COMPLETE, evaluates every `eval_steps`.
+
+    `evaluate(model) -> metrics` runs on the main process every `eval_steps` steps (0: never); `log_extras() -> dict`
+    is merged into every training log record that carries a loss (the GRPO environment's counters, say).
+    """
+
+    def __init__(self, run_dir: Path, evaluate: Callable[[Any], dict[str, Any]] | None = None, eval_steps: int = 0,
+                 log_extras: Callable[[], dict[str, Any]] | None = None) -> None:
+        self.run_dir, self.evaluate, self.eval_steps, self.log_extras = Path(run_dir), evaluate, eval_steps, log_extras
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs is not None and self.log_extras is not None and "loss" in logs:
+            logs.update(self.log_extras())
+        if state.is_world_process_zero and logs:
+            append_jsonl(self.run_dir / "metrics.jsonl", {"event": "train", "step": state.global_step, **logs})
+
+    def on_save(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            ckpt = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            if ckpt.is_dir():
+                atomic_write_text(ckpt / COMPLETE, f"{state.global_step}\n")
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        if (self.evaluate is not None and self.eval_steps and state.global_step % self.eval_steps == 0
+                and state.is_world_process_zero):
+            was_training = model.training
+            metrics = self.evaluate(model)
+            model.train(was_training)
+            append_jsonl(self.run_dir / "metrics.jsonl",
+                         {"event": "eval", "step": state.global_step, **{f"eval/{k}": v for k, v in metrics.items()}})
+
+
+class TimeLimit(TrainerCallback):
+    """Ends training after `minutes` of wall time, saving a checkpoint first (for time-boxed demos)."""
+
+    def __init__(self, minutes: float) -> None:
+        self.minutes = minutes
+        self.start = time.time()
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.start = time.time()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if time.time() - self.start > 60 * self.minutes:
+            log.info("time limit of %.1f min reached at step %d", self.minutes, state.global_step)
+            control.should_training_stop = True
+            control.should_save = True
+
+
+@dataclass
+class TrainOutcome:
+    seconds: float
+    steps_run: int
+    """Optimizer steps taken in this call (the global step minus the resumed checkpoint's)."""
+    resumed_from: Path | None
+
+
+class RunLifecycle:
+    """The run directory of one recipe across its processes; see the module docstring for the order of calls."""
+
+    def __init__(self, recipe: Recipe, run_dir: Path, state: Any) -> None:
+        self.recipe, self.run_dir, self.state = recipe, Path(run_dir), state
+        self.started = time.time()
+
+    @classmethod
+    def begin(cls, recipe: Recipe) -> RunLifecycle:
+        """Prepare the run directory (main process first; the others join it), write config.yaml, set the seed."""
+        from accelerate import PartialState
+
+        state = PartialState()
+        with state.main_process_first():
+            run_dir = prepare_run_dir(recipe) if state.is_main_process else _join_run_dir(recipe)
+        if state.is_main_process:
+            atomic_write_text(run_dir / "config.yaml", recipe_to_yaml(recipe))
+        set_seed(recipe.training.seed)
+        return cls(recipe, run_dir, state)
+
+    @property
+    def checkpoints(self) -> Path:
+        """The trainer's `output_dir`."""
+        return self.run_dir / "checkpoints"
+
+    @property
+    def is_main_process(self) -> bool:
+        return bool(self.state.is_main_process)
+
+    def elapsed(self) -> float:
+        return round(time.time() - self.started, 1)
+
+    def attach(self, trainer: Any, evaluate: Callable[[Any], dict[str, Any]] | None = None, eval_steps: int = 0,
+               log_extras: Callable[[], dict[str, Any]] | None = None,
+               time_limit_minutes: float | None = None) -> None:
+        """Add the run callback (and a wall-time limit, single-process runs only) to `trainer`."""
+        trainer.add_callback(RunCallback(self.run_dir, evaluate, eval_steps, log_extras))
+        if time_limit_minutes:
+            if self.state.num_processes > 1:
+                log.warning("the time limit is ignored with %d processes (they could stop at different steps)",
+                            self.state.num_processes)
+            else:
+                trainer.add_callback(TimeLimit(time_limit_minutes))
+
+    def resume_checkpoint(self) -> Path | None:
+        """With `resume=true`: the newest COMPLETE checkpoint (half-written ones are moved aside first)."""
+        if not self.recipe.resume:
+            return None
+        if self.is_main_process:
+            discard_incomplete_checkpoints(self.run_dir)
+        self.state.wait_for_everyone()
+        checkpoint = latest_checkpoint(self.run_dir)
+        log.info("resuming from %s", checkpoint)
+        return checkpoint
+
+    def train(self, trainer: Any) -> TrainOutcome:
+        """`trainer.train()`, resumed from the newest complete checkpoint when the recipe says resume=true."""
+        resumed_from = self.resume_checkpoint()
+        t0 = time.time()
+        trainer.train(resume_from_checkpoint=str(resumed_from) if resumed_from else None)
+        start = int(resumed_from.name.split("-")[1]) if resumed_from else 0
+        return TrainOutcome(time.time() - t0, trainer.state.global_step - start, resumed_from)
+
+    def save_adapter(self, model: Any) -> Any:
+        """Unwrap `model` (DDP, compiled) and, on the main process, save it to adapter/ when it is a PeftModel."""
+        from accelerate.utils import extract_model_from_parallel
+        from peft import PeftModel
+
+        model = extract_model_from_parallel(model)
+        if self.is_main_process and isinstance(model, PeftModel):
+            save_adapter(model, self.run_dir / "adapter")
+        return model
+
+    def finish(self, title: str, summary: dict[str, Any], step: int, final: dict[str, Any],
+               eval_extra: dict[str, Any] | None = None, sections: list[str] | None = None) -> Path:
+        """Main process: the `final` metrics record, eval.json (`summary` + `eval_extra`), report.md, then DONE."""
+        if not self.is_main_process:
+            return self.run_dir
+        summary.setdefault("wall_seconds", self.elapsed())
+        append_jsonl(self.run_dir / "metrics.jsonl", {"event": "final", "step": step, **final})
+        atomic_write_json(self.run_dir / "eval.json", {**summary, **(eval_extra or {})})
+        write_report(self.run_dir, title, summary, sections)
+        atomic_write_text(self.run_dir / "DONE", time.strftime("%Y-%m-%dT%H:%M:%S\n"))
+        return self.run_dir
+
+
+def _join_run_dir(recipe: Recipe) -> Path:
+    """A non-main process: the folder the main process prepared (created here too, in case it is not visible yet)."""
+    run_dir = run_dir_for(recipe)
+    (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+    return run_dir
+
+
+__all__ = ["RunCallback", "RunLifecycle", "TimeLimit", "TrainOutcome"]
