@@ -2,6 +2,7 @@
 
     adaptune train RECIPE.yaml [key=value ...]     fine-tune an adapter or train a resolution policy
     adaptune eval RUN_DIR|ADAPTER [key=value ...]  evaluate a run or an adapter folder
+    adaptune eval budgets [key=value ...]          every budget method on one accuracy-vs-visual-tokens table
     adaptune info [--json]                         families, methods, rewards, judges, tasks, sources, kinds
     adaptune demo                                  the quickstart (what `make demo` runs)
 """

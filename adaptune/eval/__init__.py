@@ -1,6 +1,10 @@
 """`adaptune eval`: accuracy against visual tokens, for one run or several side by side.
 
     adaptune eval runs/a runs/b split=test limit=200 out=runs/compare
+    adaptune eval budgets model=default budgets=1,4,9,16 adapters=runs/flex policies=runs/policy
+
+The second form (`adaptune.eval.budgets`) puts every budget method (downsampling, the training-free token reducers,
+TokenFLEX and fixed projectors, resolution policies) on one accuracy-vs-visual-tokens table on one held-out set.
 
 Each target is a run directory (its `config.yaml` says how to rebuild model and task; its `adapter/` is loaded with
 `PeftModel.from_pretrained`). Writes `eval.json`, `eval.md` and `pareto.png` (accuracy vs mean visual tokens, the
@@ -90,23 +94,32 @@ def pareto_front(points: list[tuple[float, float]]) -> list[int]:
 
 
 def plot_pareto(rows: list[dict[str, Any]], path: Path, title: str = "accuracy vs visual tokens") -> Path:
+    """Accuracy against mean visual tokens. Rows sharing a `group` (a budget sweep's method or adapter) are joined by a
+    line with one marker per budget; single rows are labelled points; the Pareto front is the dashed black line."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     pts = [(float(r.get("visual_tokens", 0)), float(r.get("accuracy", 0))) for r in rows]
-    fig, ax = plt.subplots(figsize=(5.5, 4))
-    for (x, y), r in zip(pts, rows):
-        ax.scatter([x], [y], s=30)
-        ax.annotate(str(r.get("name", "")), (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    groups: dict[str, list[int]] = {}
+    for i, r in enumerate(rows):
+        groups.setdefault(str(r.get("group") or r.get("name", "")), []).append(i)
+    fig, ax = plt.subplots(figsize=(7, 4.6))
+    markers = "osD^v<>ph*"
+    for k, (name, idx) in enumerate(groups.items()):
+        idx = sorted(idx, key=lambda i: pts[i][0])
+        xs, ys = [pts[i][0] for i in idx], [pts[i][1] for i in idx]
+        ax.plot(xs, ys, marker=markers[k % len(markers)], ms=5, lw=1.2 if len(idx) > 1 else 0, label=name)
+        if len(idx) == 1:
+            ax.annotate(name, (xs[0], ys[0]), fontsize=7, xytext=(3, 3), textcoords="offset points")
     front = pareto_front(pts)
     ax.plot([pts[i][0] for i in front], [pts[i][1] for i in front], "k--", lw=1, label="Pareto front")
     ax.set_xlabel("mean visual tokens per answer")
     ax.set_ylabel("accuracy")
-    ax.set_title(title)
+    ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -123,6 +136,10 @@ def write_comparison(rows: list[dict[str, Any]], out: Path) -> None:
 
 
 def evaluate_command(targets: list[str], overrides: list[str]) -> int:
+    if targets == ["budgets"] and not (Path("budgets") / "config.yaml").exists():
+        from .budgets import budgets_command
+
+        return budgets_command(overrides)
     opts = _parse_overrides(overrides)
     limit = int(opts["limit"]) if "limit" in opts else None
     task_overrides = {"resolution": opts["resolution"]} if "resolution" in opts else None

@@ -47,7 +47,8 @@ def _cell(name: str, method: str, kind: str, budget: int | None, results: list[A
           rows: Sequence[dict[str, Any]], seconds: float) -> dict[str, Any]:
     kinds = [str(r["kind"]) for r in rows] if rows and "kind" in rows[0] else None
     summary = summarize(results, correct, kinds)
-    cell: dict[str, Any] = {"name": name, "method": method, "kind": kind, "budget": budget,
+    group = name.split("@")[0]
+    cell: dict[str, Any] = {"name": name, "group": group, "method": method, "kind": kind, "budget": budget,
                             "accuracy": summary["all"]["accuracy"], "visual_tokens": summary["all"]["visual_tokens"],
                             "resize_rate": summary["all"]["resize_rate"], "n": summary["all"]["n"],
                             "seconds_per_answer": seconds / max(1, len(rows))}
@@ -58,17 +59,23 @@ def _cell(name: str, method: str, kind: str, budget: int | None, results: list[A
 
 
 def downsample_factor_for(loaded: LoadedModel, size: tuple[int, int], budget: int) -> float | None:
-    """The largest factor in steps of 1/64 whose downsampled image costs exactly `budget` tokens, or None."""
+    """The downsampling factor that makes an image of `size` cost exactly `budget` visual tokens, or None.
+
+    First choice: the area ratio, sqrt(budget / full tokens) (0.5 for a quarter of the tokens, as VisionThink's
+    half resolution); if the family's resize rules round that to another count, the nearest factor (in steps of
+    1/64) that gives exactly `budget`.
+    """
     width, height = size
-    for step in range(64, 0, -1):
-        factor = step / 64
-        tokens = image_tokens(loaded.family, loaded.processor, (max(1, round(width * factor)),
-                                                                max(1, round(height * factor))))
-        if tokens == budget:
-            return factor
-        if tokens < budget:
-            return None
-    return None
+
+    def cost(factor: float) -> int:
+        return image_tokens(loaded.family, loaded.processor, (max(1, round(width * factor)),
+                                                               max(1, round(height * factor))))
+
+    first = (budget / cost(1.0)) ** 0.5
+    if first <= 1.0 and cost(first) == budget:
+        return first
+    candidates = sorted((step / 64 for step in range(1, 65)), key=lambda f: (abs(f - first), -f))
+    return next((f for f in candidates if cost(f) == budget), None)
 
 
 def budget_sweep(loaded: LoadedModel, rows: Sequence[dict[str, Any]], budgets: Sequence[int],
@@ -152,4 +159,62 @@ def write_sweep(cells: list[dict[str, Any]], out: Path, title: str = "Accuracy v
     plot_pareto(cells, out / "pareto.png", title=title)
 
 
-__all__ = ["budget_sweep", "downsample_factor_for", "write_sweep"]
+
+
+# ------------------------------------------------------------------------------------------------ command line
+
+OPTIONS = {
+    "model": "default", "budgets": "1,4,9,16", "reducers": "all", "adapters": "", "policies": "",
+    "dataset": "glyphqa", "num_images": "300", "fine_fraction": "0.3", "split": "test", "seed": "0",
+    "batch_size": "32", "out": "runs/budgets",
+}
+"""`adaptune eval budgets key=value ...`: every option and its default."""
+
+
+def _names(value: str) -> list[str]:
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
+def budgets_command(overrides: list[str]) -> int:
+    """`adaptune eval budgets [model=default] [budgets=1,4,9,16] [reducers=all|none|a,b] [adapters=RUN,...]
+    [policies=RUN,...] [num_images=300] [fine_fraction=0.3] [out=runs/budgets]`."""
+    from ..config import RecipeError
+    from ..models import load_model
+    from ..rl.data import DataParams, heldout_rows
+    from ..train.report import markdown_table
+
+    opts = dict(OPTIONS)
+    for item in overrides:
+        key, _, value = item.partition("=")
+        if key not in OPTIONS:
+            raise RecipeError(f"eval budgets: unknown option {key!r} (known: {', '.join(sorted(OPTIONS))})")
+        opts[key] = value
+    try:
+        budgets = [int(b) for b in _names(opts["budgets"])]
+        num_images, seed, batch = int(opts["num_images"]), int(opts["seed"]), int(opts["batch_size"])
+        fine_fraction = float(opts["fine_fraction"])
+    except ValueError as exc:
+        raise RecipeError(f"eval budgets: {exc}") from None
+    if not budgets or min(budgets) < 1:
+        raise RecipeError(f"eval budgets: budgets must be positive token counts, got {opts['budgets']!r}")
+    reducers = (REDUCERS.names() if opts["reducers"] == "all" else [] if opts["reducers"] == "none"
+                else _names(opts["reducers"]))
+    unknown = [r for r in reducers if r not in REDUCERS]
+    if unknown:
+        raise RecipeError(f"eval budgets: unknown reducer(s) {unknown}; known: {', '.join(REDUCERS.names())}")
+    for path in _names(opts["adapters"]) + _names(opts["policies"]):
+        if not Path(path).exists():
+            raise FileNotFoundError(f"eval budgets: {path} does not exist")
+    loaded = load_model(opts["model"], seed=seed)
+    rows = heldout_rows(DataParams(dataset=opts["dataset"], seed=seed), num_images, fine_fraction, opts["split"])
+    cells = budget_sweep(loaded, rows, budgets, reducers, _names(opts["adapters"]), _names(opts["policies"]),
+                         batch_size=batch)
+    out = Path(opts["out"])
+    write_sweep(cells, out, title=f"Accuracy vs visual tokens: {opts['model']}, {len(rows)} held-out questions")
+    print(markdown_table(sorted(cells, key=lambda c: (c["visual_tokens"], c["name"])),
+                         ["name", "kind", "visual_tokens", "accuracy", "n"]))
+    print(f"wrote {out / 'budgets.json'}, {out / 'budgets.md'}, {out / 'pareto.png'}")
+    return 0
+
+
+__all__ = ["OPTIONS", "budget_sweep", "budgets_command", "downsample_factor_for", "write_sweep"]

@@ -39,6 +39,7 @@ class FlexVQAParams(VQAParams):
     """SmolVLM/Idefics3 only: the connector's pixel-shuffle factor (used to check that a budget fits)."""
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.eval_budgets is not None and (not self.eval_budgets or any(int(b) < 1 for b in self.eval_budgets)):
             raise ValueError(f"eval_budgets must be positive token counts, got {self.eval_budgets}")
 

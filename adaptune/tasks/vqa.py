@@ -26,6 +26,7 @@ import torch
 from PIL import Image
 
 from ..budget.placeholders import BudgetProcessor
+from ..budget.protocol import DIRECT_THOUGHT, direct_answer, render, user_messages
 from ..budget.resolution import downsample
 from ..data.validate import prepare_vqa_row
 from ..registry import TASKS
@@ -77,9 +78,19 @@ class VQAParams:
     resolution: str = "full"
     """"full" or "half": the image size the model sees (half = width/2 x height/2, a quarter of the tokens)."""
     answer_format: str = "tagged"
-    """"tagged": targets are `<think>...</think><answer>X</answer>`; "plain": the bare answer."""
+    """"tagged": targets are `<think>...</think><answer>X</answer>`; "plain": the bare answer; "protocol": the
+    resolution protocol's prompt (system prompt + resize tool schema, `adaptune.budget.protocol`) and its direct-answer
+    turn, i.e. exactly the text the two-turn loop and GRPO use (so budget methods train on what they are evaluated
+    on)."""
+
+    def __post_init__(self) -> None:
+        if self.answer_format not in ANSWER_FORMATS:
+            raise ValueError(f"answer_format must be one of {', '.join(ANSWER_FORMATS)}, got {self.answer_format!r}")
     max_new_tokens: int = 24
     eval_batch_size: int = 16
+
+
+ANSWER_FORMATS = ("tagged", "plain", "protocol")
 
 
 def resize_for(image: Image.Image, resolution: str) -> Image.Image:
@@ -135,9 +146,13 @@ class VQATask(Task):
     def _target(self, answer: str) -> str:
         if self.params.answer_format == "plain":
             return answer
+        if self.params.answer_format == "protocol":
+            return direct_answer(DIRECT_THOUGHT, answer)
         return f"<think>I look at the image.</think><answer>{answer}</answer>"
 
     def _prompt(self, question: str) -> str:
+        if self.params.answer_format == "protocol":
+            return render(self.processor, user_messages(question), generation_prompt=True)
         messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
         return self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
 
