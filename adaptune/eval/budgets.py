@@ -147,7 +147,7 @@ def write_sweep(cells: list[dict[str, Any]], out: Path, title: str = "Accuracy v
     """budgets.json, budgets.md (a table, sorted by budget) and pareto.png into `out`."""
     from ..train.report import markdown_table
     from ..utils.io import atomic_write_json, atomic_write_text
-    from . import plot_pareto
+    from .plots import plot_pareto
 
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "budgets.json", {"results": cells})
