@@ -16,7 +16,7 @@ demo: env
 	$(PY) -m adaptune demo
 
 # Labelling (4 rollouts per question and resolution) keeps the questions where resolution decides the reward
-# (METHODS.md section 5); the GRPO recipe then trains on them. 1000 rl-split rows, 30% fine, at T=0.3: 531
+# (docs/methods.md#visionthink); the GRPO recipe then trains on them. 1000 rl-split rows, 30% fine, at T=0.3: 531
 # low-res-suffices and 313 needs-high-res rows (156 dropped). One torch thread: fastest on a shared 2-core box.
 demo-rl: env
 	OMP_NUM_THREADS=1 $(PY) -m adaptune label-resolution default --n 4 --num 1000 --split rl --fine-fraction 0.3 \

@@ -6,6 +6,7 @@ A recipe says which model to load, which task to train on, which adapter to atta
     model: {source: default}
     task: {name: vqa_sft, params: {dataset: glyphqa, num_train: 2000}}
     adapter: {method: lora, params: {r: 8}}
+    budget: {reducer: divprune, tokens: 4}             # optional: a training-free token reducer
     training: {max_steps: 200, batch_size: 16, learning_rate: 1e-3}
 
 Each component validates its own section (`task.params` against the task's `Params`, `adapter.params` against the
@@ -55,6 +56,15 @@ class AdapterSection:
 
 
 @dataclass
+class BudgetSection:
+    reducer: str | None = None
+    """A training-free token reducer (`adaptune info` lists them: fastervlm, divprune, tome, ...) applied after the
+    vision encoder, in training and in evaluation; needs a task that can build batches at a budget (vqa_sft)."""
+    tokens: int | None = None
+    """Visual tokens per image the reducer keeps."""
+
+
+@dataclass
 class TrainingSection:
     max_steps: int = 100
     batch_size: int = 8
@@ -93,6 +103,8 @@ class Recipe:
     model: ModelSection = field(default_factory=ModelSection)
     task: TaskSection = field(default_factory=TaskSection)
     adapter: AdapterSection = field(default_factory=AdapterSection)
+    budget: BudgetSection = field(default_factory=BudgetSection)
+    """A training-free visual-token budget (learned budget methods such as TokenFLEX take theirs from adapter.params)."""
     training: TrainingSection = field(default_factory=TrainingSection)
     output: OutputSection = field(default_factory=OutputSection)
     grpo: dict[str, Any] = field(default_factory=dict)

@@ -3,7 +3,7 @@
 What: writes DIR/glyphqa, DIR/glyphqa_mix (held-out evaluation mix), DIR/refseg, DIR/fewshot, DIR/clip_pairs and
 DIR/glyphqa_calibration.png, printing row counts per split, kind and qtype.
 Why: training recipes and notebooks load a fixed on-disk copy (`datasets.load_from_disk`) instead of regenerating.
-How (from the repo root; this folder is deliberately not a package, see ARCHITECTURE.md):
+How (from the repo root; no __init__.py here, so this folder never shadows Hugging Face `datasets`):
     python datasets/build_glyphqa.py --out data/glyphqa --num-images 5000 --seed 0
     python datasets/build_glyphqa.py --out /tmp/gq --num-images 200 --only glyphqa
 """

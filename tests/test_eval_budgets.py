@@ -54,3 +54,50 @@ def test_bad_options_are_clear_errors(option):
         from adaptune.eval.budgets import budgets_command
 
         budgets_command(["model=tiny:qwen3_vl", option])
+
+
+# ------------------------------------------------------------------------------------------------ recipe budget:
+
+def _recipe(tmp_path, budget: dict, task: str = "vqa_sft", kind: str = "adapter"):
+    from adaptune.config import load_recipe
+
+    data = {"name": "reduced", "model": {"source": "tiny:qwen3_vl"}, "kind": kind,
+            "task": {"name": task, "params": {"num_train": 8, "num_eval": 4, "answer_format": "plain",
+                                              "max_new_tokens": 2}},
+            "adapter": {"method": "lora", "params": {"r": 2}}, "budget": budget,
+            "training": {"max_steps": 2, "batch_size": 4, "save_steps": 2, "eval_limit": 4},
+            "output": {"dir": str(tmp_path / "run")}}
+    return load_recipe(data=data)
+
+
+def test_recipe_reducer_acts_in_training_and_eval(tmp_path):
+    from adaptune.eval import evaluate_run
+    from adaptune.train import run_recipe
+
+    run_dir = run_recipe(_recipe(tmp_path, {"reducer": "divprune", "tokens": 4}))
+    summary = json.loads((run_dir / "eval.json").read_text())
+    assert summary["reducer"] == "divprune" and summary["eval/visual_tokens"] == 4
+    assert evaluate_run(run_dir, limit=2)["visual_tokens"] == 4  # rebuilt from config.yaml with the same reducer
+
+
+@pytest.mark.parametrize("budget, task, message", [
+    ({"tokens": 4}, "vqa_sft", "budget.tokens"),
+    ({"reducer": "nope", "tokens": 4}, "vqa_sft", "unknown token reducer"),
+    ({"reducer": "tome"}, "vqa_sft", "budget.tokens"),
+])
+def test_recipe_budget_that_cannot_act_is_refused(tmp_path, budget, task, message):
+    from adaptune.train import run_recipe
+
+    with pytest.raises(RecipeError, match=message):
+        run_recipe(_recipe(tmp_path, budget, task))
+    assert not (tmp_path / "run").exists()  # refused before the run directory is touched
+
+
+def test_grpo_recipe_with_a_reducer_is_refused():
+    from adaptune.config import load_recipe
+    from adaptune.rl.sections import parse_grpo_section
+
+    recipe = load_recipe("recipes/qwen3_vl/glyphqa/visionthink_grpo_tiny.yaml", ["budget.reducer=tome",
+                                                                                "budget.tokens=4"])
+    with pytest.raises(RecipeError, match="resize tool"):
+        parse_grpo_section(recipe)

@@ -10,8 +10,9 @@ small printed digit (default 7 px of ink, DejaVu Sans Bold from matplotlib) cent
   `shape_of_color`, `relative_position` (the tiny default did not learn them in CPU minutes);
 - fine (needs full resolution): `digit`, "What digit is written in the biggest shape?".
 
-Why: calibration (docs ARCHITECTURE.md) showed a 7 px digit snapped to a patch centre is read at 99.8% at full
-resolution and 16% at half, while a 9 px digit stays readable at half and random in-patch offsets are not learned.
+Why: calibration (`adaptune.eval.calibration`, docs/glyphqa.md) showed a 7 px digit snapped to a patch centre is
+read at 99.8% at full resolution and 16% at half, while a 9 px digit stays readable at half and random in-patch
+offsets are not learned.
 That gap is what a resolution-request policy (VisionThink-style GRPO) must learn to exploit.
 
 Row schema (one row per image; `generate_glyphqa` / `build_split` return `datasets` objects with these columns):

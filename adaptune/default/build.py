@@ -1,7 +1,7 @@
 """Build the embedded default VLM from scratch on CPU: a tiny real Qwen3-VL taught GlyphQA by a staged curriculum.
 
-Why staged (ARCHITECTURE.md, "Training a tiny VLM from scratch"): trained end to end with answer-only loss, a tiny VLM
-learns to ignore the image. So:
+Why staged (stage table and results: docs/glyphqa.md, "The default build"): trained end to end with answer-only
+loss, a tiny VLM learns to ignore the image (its vision gradients collapse). So:
 
 1. vision tower only, with throwaway heads on the merger output: per visual token the digit under it (or none), the
    colour / shape of the object centred in it and which (colour, shape) objects cover it; per image the count and the

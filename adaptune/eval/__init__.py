@@ -73,6 +73,9 @@ def evaluate_run(run_dir: Path, split: str = "test", limit: int | None = None,
                 "visual_tokens": policy.get("visual_tokens"), "resize_rate": policy.get("resize_rate"),
                 "n": policy.get("n"), **result["headline"]}
     task = make_task(recipe, loaded)
+    from ..train.reduction import apply_budget_section
+
+    apply_budget_section(recipe, model, task)  # the run's token reducer, if its recipe has one
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()

@@ -1,10 +1,10 @@
 """The resolution environment: one `resize_image` tool that hands the model the full-resolution image, once.
 
-Why: VisionThink (METHODS.md section 5) shows the model a downsampled image first and lets it ask for the full one.
-TRL 1.16 runs such multi-turn rollouts natively through `GRPOTrainer(environment_factory=...)`: one environment
-instance per rollout, `reset(**row)` with every dataset column, and every public method of the class becomes a tool
-(its signature and docstring are the schema). The tool surface itself (name, docstring, argument) lives in
-`adaptune.budget.protocol.ResizeTool`, shared with the warm-start data and the inference loop.
+Why: VisionThink (docs/methods.md#visionthink) shows the model a downsampled image first and lets it ask for the
+full one. TRL 1.16 runs such multi-turn rollouts natively through `GRPOTrainer(environment_factory=...)`: one
+environment instance per rollout, `reset(**row)` with every dataset column, and every public method of the class
+becomes a tool (its signature and docstring are the schema). The tool surface itself (name, docstring, argument)
+lives in `adaptune.budget.protocol.ResizeTool`, shared with the warm-start data and the inference loop.
 
 What an environment records per rollout (read by `adaptune.rl.rewards` and the run's logs):
 - `resized`: whether the full image was returned (at most once; a second call gets an error text, not an image);

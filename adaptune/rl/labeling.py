@@ -1,7 +1,7 @@
 """Resolution labels for GRPO data selection: `adaptune label-resolution RUN_OR_MODEL --n 8 --out DIR`.
 
-Why: VisionThink trains on questions where the resolution decision matters (METHODS.md section 5). It rolls the base
-model out N = 8 times at each resolution and keeps
+Why: VisionThink trains on questions where the resolution decision matters (docs/methods.md#visionthink). It rolls
+the base model out N = 8 times at each resolution and keeps
 - "low_res_suffices": all N answers correct at low AND at full resolution (a direct answer is right);
 - "needs_high_res": full-resolution correct minus low-resolution correct >= 6 of 8 (scaled: ceil(0.75 * N));
 - everything else is "drop" (too hard, too noisy, or not resolution-bound).

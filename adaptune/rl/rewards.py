@@ -2,7 +2,7 @@
 
 Why: VisionThink teaches a VLM to answer from a half-resolution image or call `resize_image` for the full one. The
 reward is `accuracy + 0.5 * format - penalty`, where the penalty compares, within each group of rollouts of one
-prompt, how many correct answers came without vs. after resizing (METHODS.md section 5).
+prompt, how many correct answers came without vs. after resizing (docs/methods.md#visionthink).
 
 How: each reward is a plain callable `f(prompts, completions, **kwargs) -> list[float | None]`, the calling
 convention of `trl.GRPOTrainer` 1.16, which passes `prompts`, `completions` (strings, or message lists that include

@@ -101,6 +101,9 @@ TRAINER_DEFAULTS: dict[str, Any] = {
 def parse_grpo_section(recipe: Recipe) -> GRPOPlan:
     """Validate `recipe.grpo` (unknown keys -> RecipeError naming `grpo.<part>.<key>` and the file)."""
     where = f"{recipe.source_file}: grpo"
+    if recipe.budget.reducer is not None or recipe.budget.tokens is not None:
+        raise RecipeError(f"{recipe.source_file}: budget: a GRPO resolution policy spends its visual tokens through "
+                          "the resize tool; token reducers (budget.reducer) apply to kind: adapter recipes")
     section = validate_params(dict(recipe.grpo or {}), GRPOSection, where)
     data = validate_params(section.data, DataParams, f"{where}.data")
     env = validate_params(section.env, EnvParams, f"{where}.env")

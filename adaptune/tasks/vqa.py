@@ -122,6 +122,11 @@ class VQATask(Task):
             self._budget_processor = BudgetProcessor(self.loaded.processor, scale_factor=int(scale))
         return self._budget_processor.with_budget(self._budget)
 
+    def use_budget(self, budget: int | None) -> None:
+        """Build every batch and generation with `budget` visual tokens per image from now on (None: the family's
+        own count); `at_budget` still overrides it for one call (TokenFLEX's per-batch budget)."""
+        self._budget = None if budget is None else int(budget)
+
     @contextlib.contextmanager
     def at_budget(self, budget: int | None) -> Iterator[None]:
         """Batches and generations inside use `budget` visual tokens per image (None: leave the current setting)."""

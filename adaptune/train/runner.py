@@ -100,10 +100,14 @@ class TaskTrainer(Trainer):
 
 def run_adapter_recipe(recipe: Recipe) -> Path:
     """Run a `kind: adapter` recipe end to end and return its run directory."""
+    from .reduction import apply_budget_section, check_budget_section
+
+    check_budget_section(recipe)
     life = RunLifecycle.begin(recipe)
     loaded = load_for_recipe(recipe)
     task = make_task(recipe, loaded)
     model = attach_adapter(recipe, loaded)
+    reducer = apply_budget_section(recipe, model, task)
     task.on_train_begin(model)
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
     n_total = sum(p.numel() for p in model.parameters())
@@ -122,6 +126,7 @@ def run_adapter_recipe(recipe: Recipe) -> Path:
     split = "test" if "test" in task.datasets() else "validation"
     metrics = task.evaluate(model, split, recipe.training.eval_limit) if split in task.datasets() else {}
     summary = {"method": recipe.adapter.method, "task": recipe.task.name, "family": loaded.family.name,
+               **({"reducer": recipe.budget.reducer, "reducer_tokens": recipe.budget.tokens} if reducer else {}),
                "trainable_params": n_train, "total_params": n_total, "train_seconds": round(train_seconds, 1),
                "wall_seconds": life.elapsed(), "eval_split": split, **{f"eval/{k}": v for k, v in metrics.items()}}
     report_extra = getattr(task, "report_sections", None)

@@ -26,7 +26,7 @@ DEEPSTACK_MODES = ("pool", "zero")
 
 @dataclass
 class FlexProjectorConfig(PeftConfig):
-    """TokenFLEX: replace a VLM's projector with pool-to-budget + LayerNorm + SwiGLU (METHODS.md section 1)."""
+    """TokenFLEX: a VLM projector made of pool-to-budget + LayerNorm + SwiGLU (docs/methods.md#flex_projector)."""
 
     budgets: list[int] = field(default_factory=lambda: [4, 9, 16], metadata={
         "help": "Visual-token budgets per image drawn during training (one per batch, by the method's objective, on "

@@ -1,6 +1,6 @@
 """R-AMT's training objective: score regulariser plus gradient dropout, applied by the trainer on every task.
 
-Gradient dropout (METHODS.md section 3), per score element:
+Gradient dropout (docs/methods.md#mask_tuning), per score element:
     a = d task_loss / d score,   b = d KL(frozen zero-shot logits || current logits) / d score   (T = 1)
     P = 1/2 * (1 + sign(a) * (a + b) / (|a| + |b|))          keep probability (1 when a and b agree in sign)
     applied gradient = [(1 - lambda) + lambda * 1(P > U)] * a,  U ~ Uniform(0, 1)

@@ -25,7 +25,7 @@ UNLOCKABLE = ("position_embeddings", "patch_embedding", "last_block")
 
 @dataclass
 class RegistersConfig(PeftConfig):
-    """PH-Reg: R register tokens after the patch embedding, dropped at the output (METHODS.md section 2)."""
+    """PH-Reg: R register tokens after the patch embedding, dropped at the output (docs/methods.md#registers)."""
 
     num_registers: int = field(default=16, metadata={
         "help": "Register tokens inserted after the patch embedding (after [CLS] when there is one). They get no "

@@ -4,7 +4,7 @@ What: dense adapters (DA) inside the first layers of both CLIP encoders (after a
 residual add) or shallow adapters (SA) on the vision states feeding the decoder plus text adapters added to the
 conditioning embedding; V / VL / VLC variants (VLC adds an adapter on the projected text conditioning). Whether the
 decoder trains too is `train_decoder` (or any `modules_to_save`).
-Why: adapting a frozen CLIPSeg to a new domain with a few percent of its parameters (METHODS.md section 4).
+Why: adapting a frozen CLIPSeg to a new domain with a few percent of its parameters (docs/methods.md#seg_adapter).
 How:
     import adaptune.methods.seg_adapter                  # registers "seg_adapter" with PEFT
     from peft import get_peft_model
