@@ -24,30 +24,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import compare, print_table, save  # noqa: E402
+from common import capture_lm_inputs, compare, print_table, save  # noqa: E402
 from peft import get_peft_model  # noqa: E402
 
 from adaptune.methods.flex_projector import FlexProcessor, FlexProjectorConfig  # noqa: E402
 from adaptune.models import build_tiny, get_family, load_model  # noqa: E402
 from adaptune.models.inputs import example_images  # noqa: E402
-
-
-def capture_lm_inputs(model: torch.nn.Module, lm: torch.nn.Module, batch: dict[str, Any]) -> dict[str, Any]:
-    """The kwargs the language model gets during one forward of `model` on `batch`."""
-    captured: dict[str, Any] = {}
-
-    def hook(module, args, kwargs):
-        captured.update(kwargs)
-        if args:
-            captured["input_ids"] = args[0]
-
-    handle = lm.register_forward_pre_hook(hook, with_kwargs=True)
-    try:
-        with torch.no_grad():
-            model(**batch, use_cache=False)
-    finally:
-        handle.remove()
-    return captured
 
 
 def main() -> int:

@@ -28,32 +28,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import compare, print_table, save, timed  # noqa: E402
+from common import capture_lm_inputs, compare, print_table, save, timed  # noqa: E402
 
 from adaptune.budget import BudgetProcessor, reduce_tokens  # noqa: E402
 from adaptune.models import build_tiny, get_family, load_model  # noqa: E402
 from adaptune.models.inputs import example_images  # noqa: E402
 from adaptune.registry import REDUCERS  # noqa: E402
-
-
-def capture_lm_inputs(model: torch.nn.Module, lm: torch.nn.Module, case: dict[str, Any], attach: Any) -> dict:
-    """The kwargs the language model gets during one forward of `model` on the case's batch (reducer attached)."""
-    captured: dict[str, Any] = {}
-
-    def hook(module, args, kwargs):
-        captured.update(kwargs)
-        if args:
-            captured["input_ids"] = args[0]
-
-    handle = lm.register_forward_pre_hook(hook, with_kwargs=True)
-    reducer = attach(model, case["reducer"]) if case["reducer"] else None
-    try:
-        model(**case["batch"], use_cache=False)
-    finally:
-        handle.remove()
-        if reducer:
-            reducer.remove()
-    return captured
 
 
 def _model(args: argparse.Namespace) -> tuple[torch.nn.Module, Any, str, int]:
@@ -114,7 +94,9 @@ def main() -> int:
 
     with torch.no_grad():
         for case in cases.values():  # what the language model receives in each case (its prefill inputs)
-            case["lm"] = capture_lm_inputs(model, lm, case, reduce_tokens)
+            case["lm"] = capture_lm_inputs(
+                model, lm, case["batch"],
+                (lambda r=case["reducer"]: reduce_tokens(model, r)) if case["reducer"] else None)
         prefill = compare({n: (lambda kw=c["lm"]: lm(**kw)) for n, c in cases.items()}, baseline,
                           repeats=args.repeats)
         for case in cases.values():  # warm-up

@@ -71,3 +71,28 @@ def save(name: str, payload: dict[str, Any]) -> Path:
     path.write_text(json.dumps(payload, indent=2, default=str) + "\n")
     print(f"wrote {path}")
     return path
+
+
+def capture_lm_inputs(model: Any, lm: Any, batch: dict[str, Any], attach: Callable[[], Any] | None = None
+                      ) -> dict[str, Any]:
+    """The kwargs the language model `lm` gets during one no-grad forward of `model` on `batch`; `attach()` (e.g. a
+    token reducer) is applied for that forward and removed after."""
+    import torch
+
+    captured: dict[str, Any] = {}
+
+    def hook(module, args, kwargs):
+        captured.update(kwargs)
+        if args:
+            captured["input_ids"] = args[0]
+
+    handle = lm.register_forward_pre_hook(hook, with_kwargs=True)
+    extra = attach() if attach is not None else None
+    try:
+        with torch.no_grad():
+            model(**batch, use_cache=False)
+    finally:
+        handle.remove()
+        if extra is not None:
+            extra.remove()
+    return captured

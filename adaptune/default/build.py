@@ -28,7 +28,6 @@ actually run are recorded in BUILD.json). Stages checkpoint to `--work`; `--resu
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import math
 import os
@@ -54,7 +53,7 @@ from adaptune.default import sft
 from adaptune.default.evaluate import answer_fixed, cell_summary, heldout_items, two_turn
 from adaptune.models.tiny import tiny_qwen3_vl
 from adaptune.models.tokenizer import build_tokenizer
-from adaptune.utils.io import atomic_dir, atomic_write_json
+from adaptune.utils.io import atomic_dir, atomic_write_json, sha256_file
 
 MEAN = torch.tensor((0.48145466, 0.4578275, 0.40821073))
 STD = torch.tensor((0.26862954, 0.26130258, 0.27577711))
@@ -410,19 +409,11 @@ def evaluate(model, processor, per_kind: int, seed: int = 0) -> dict[str, Any]:
             "examples": [{k: r[k] for k in ("kind", "first_turn", "final_turn", "answer")} for r in sampled[:3]]}
 
 
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def save(model, processor, out: Path, info: dict[str, Any]) -> Path:
     with atomic_dir(out) as tmp:
         model.save_pretrained(tmp)
         processor.save_pretrained(tmp)
-        info["sha256"] = {"model.safetensors": sha256(tmp / "model.safetensors")}
+        info["sha256"] = {"model.safetensors": sha256_file(tmp / "model.safetensors")}
         info["size_bytes"] = sum(p.stat().st_size for p in tmp.iterdir() if p.is_file())
         atomic_write_json(tmp / "BUILD.json", info)
     return out

@@ -16,12 +16,12 @@ How:
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
 from adaptune.models.loader import ModelLoadError
 from adaptune.registry import SOURCES
+from adaptune.utils.io import sha256_file
 
 ASSETS = Path(__file__).resolve().parent / "assets"
 REBUILD = "rebuild it with `adaptune default build` (about 45 minutes on 2 CPU cores)"
@@ -29,14 +29,6 @@ REBUILD = "rebuild it with `adaptune default build` (about 45 minutes on 2 CPU c
 
 class DefaultModelError(ModelLoadError):
     """The shipped default is missing or its weights do not match the checksum in BUILD.json."""
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def verify_assets(path: str | Path = ASSETS) -> dict:
@@ -50,7 +42,7 @@ def verify_assets(path: str | Path = ASSETS) -> dict:
         weights = path / name
         if not weights.exists():
             raise DefaultModelError(f"{weights} is missing; {REBUILD}")
-        actual = _sha256(weights)
+        actual = sha256_file(weights)
         if actual != expected:
             raise DefaultModelError(
                 f"{weights} does not match its checksum in BUILD.json (sha256 {actual[:12]}..., expected "
