@@ -5,6 +5,10 @@
     adaptune eval budgets [key=value ...]          every budget method on one accuracy-vs-visual-tokens table
     adaptune info [--json]                         families, methods, rewards, judges, tasks, sources, kinds
     adaptune demo                                  the quickstart (what `make demo` runs)
+
+Errors adaptune expects (a bad recipe, model, adapter, input, run directory, budget, a diverged run) and OS errors
+(read-only folder, disk full, a path that is a file) end as one line on stderr and exit code 2; `--debug` (or
+ADAPTUNE_DEBUG=1) shows the traceback instead.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from typing import Any
 
@@ -76,6 +81,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="adaptune", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--debug", action="store_true", help="show tracebacks (also: ADAPTUNE_DEBUG=1)")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("train", help="run a training recipe")
     p.add_argument("recipe")
@@ -97,15 +103,36 @@ def main(argv: list[str] | None = None) -> int:
         args.overrides = [t for t in args.targets if "=" in t]
         args.targets = [t for t in args.targets if "=" not in t]
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    from adaptune.config import RecipeError
-    from adaptune.models import ModelLoadError, UnsupportedModelError
-    from adaptune.train.rundir import RunDirError
-
+    debug = args.debug or os.environ.get("ADAPTUNE_DEBUG", "").strip() not in ("", "0", "false", "no")
     try:
         return args.func(args)
-    except (RecipeError, ModelLoadError, UnsupportedModelError, RunDirError, FileNotFoundError) as exc:
-        print(f"adaptune {args.command}: error: {exc}", file=sys.stderr)
+    except Exception as exc:
+        if debug or not isinstance(exc, _expected_errors()):
+            raise
+        message = " ".join(str(exc).split()) or exc.__class__.__name__
+        name = exc.__class__.__name__
+        if isinstance(exc, OSError) and not isinstance(exc, FileNotFoundError) and name not in message:
+            message = f"{name}: {message}"
+        print(f"adaptune {args.command}: error: {message} (--debug for the traceback)", file=sys.stderr)
         return 2
+
+
+def _expected_errors() -> tuple[type[BaseException], ...]:
+    """adaptune's own error classes (those whose modules are already imported) and OSError."""
+    found: list[type[BaseException]] = [OSError]
+    for module, names in (("adaptune.config", ("RecipeError",)),
+                          ("adaptune.models", ("ModelLoadError", "UnsupportedModelError")),
+                          ("adaptune.adapters", ("AdapterLoadError", "AdapterSaveError")),
+                          ("adaptune.data.validate", ("InputError",)),
+                          ("adaptune.budget.grid", ("BudgetError",)),
+                          ("adaptune.train.rundir", ("RunDirError",)),
+                          ("adaptune.train.lifecycle", ("TrainingDivergedError",)),
+                          ("adaptune.rl.rewards", ("DroppedGroupsError",))):
+        mod = sys.modules.get(module)  # an error of a module never imported cannot have been raised
+        if mod is None:
+            continue
+        found += [getattr(mod, n) for n in names if isinstance(getattr(mod, n, None), type)]
+    return tuple(found)
 
 
 def _extra_commands() -> list[Any]:

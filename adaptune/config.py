@@ -17,6 +17,7 @@ PEFT config class), so unknown keys and wrong types fail before any work, naming
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -67,6 +68,7 @@ class BudgetSection:
 @dataclass
 class TrainingSection:
     max_steps: int = 100
+    """Optimizer steps; 0 trains nothing (evaluation only: the untrained adapter is saved and evaluated)."""
     batch_size: int = 8
     grad_accum: int = 1
     learning_rate: float = 1e-3
@@ -153,7 +155,62 @@ def load_recipe(path: str | Path | None = None, overrides: list[str] | None = No
     except OmegaConfBaseException as exc:
         raise _explain(exc, where) from None
     recipe.source_file = where
+    check_recipe_values(recipe)
     return recipe
+
+
+# TrainingArguments fields a recipe may not set through training.extra: the run directory owns where checkpoints go
+# (resume finds them only under <run>/checkpoints) and whether losses are filtered.
+RESERVED_TRAINING_EXTRA = {"output_dir": "checkpoints always go to <output.dir>/checkpoints; set output.dir instead",
+                   "overwrite_output_dir": "use output.overwrite",
+                   "resume_from_checkpoint": "use resume=true",
+                   "logging_nan_inf_filter": "adaptune logs non-finite losses as they are and stops the run"}
+
+
+def check_recipe_values(recipe: Recipe) -> None:
+    """Training values that would train nothing, crash mid-run or write outside the run: refused up front.
+
+    Runs inside `load_recipe` and again before a run directory is touched (a recipe may be edited in code).
+    `training.max_steps: 0` is allowed and means "evaluate only" (nothing is trained)."""
+    where = recipe.source_file or "<recipe>"
+    t = recipe.training
+
+    def bad(key: str, why: str) -> RecipeError:
+        return RecipeError(f"{where}: training.{key}: {why}, got {getattr(t, key)!r}")
+
+    def is_int(value: Any) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool)
+
+    def finite(value: Any) -> bool:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+    for key, low in (("max_steps", 0), ("batch_size", 1), ("grad_accum", 1), ("logging_steps", 1),
+                     ("save_steps", 1), ("save_total_limit", 1), ("eval_steps", 0), ("seed", 0)):
+        value = getattr(t, key)
+        if not is_int(value) or value < low:
+            raise bad(key, f"must be an integer >= {low}" + (" (0: evaluate only)" if key == "max_steps" else ""))
+    if t.eval_limit is not None and (not is_int(t.eval_limit) or t.eval_limit < 1):
+        raise bad("eval_limit", "must be null or an integer >= 1")
+    if not finite(t.learning_rate) or t.learning_rate <= 0:
+        raise bad("learning_rate", "must be a finite number > 0")
+    for key in ("weight_decay", "warmup", "max_grad_norm"):
+        if not finite(getattr(t, key)) or getattr(t, key) < 0:
+            raise bad(key, "must be a finite number >= 0")
+    if not isinstance(t.extra, dict):
+        raise RecipeError(f"{where}: training.extra must be a mapping")
+    for key, why in RESERVED_TRAINING_EXTRA.items():
+        if key in t.extra:
+            raise RecipeError(f"{where}: training.extra.{key}: not allowed ({why})")
+    if recipe.output.dir is not None and not str(recipe.output.dir).strip():
+        raise RecipeError(f"{where}: output.dir: empty (leave it unset for runs/<name>)")
+    try:
+        from transformers.trainer_utils import SchedulerType
+    except ImportError:  # pragma: no cover
+        return
+    known = [s.value for s in SchedulerType]
+    if t.lr_scheduler not in known:
+        raise RecipeError(f"{where}: training.lr_scheduler: unknown scheduler {t.lr_scheduler!r} "
+                          f"(known: {', '.join(known)})")
 
 
 def validate_params(params: dict[str, Any], schema: type, where: str) -> Any:

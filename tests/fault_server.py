@@ -12,6 +12,11 @@ Modes:
     429 / 429:N           HTTP 429 without / with `Retry-After: N`
     503:N, 500            HTTP 503 with Retry-After N, HTTP 500
     truncated             200 with a cut-off JSON body
+    trickle               200 with a correct verdict, the body sent one byte every `trickle_s` (bounded: it stops
+                          when the server stops or the client goes away)
+    huge:N                200 with a VALID completion (`VERDICT: CORRECT`) padded with spaces to about N bytes,
+                          streamed without Content-Length; `bytes_sent` records how much went out
+    huge-declared:N       the same with Content-Length: N declared up front
 
     with FaultServer(script=["429:1", "correct"]) as server:
         ... OpenAIJudgeConfig(base_url=server.base_url, ...)
@@ -59,9 +64,11 @@ def _completion(content: str) -> bytes:
 class FaultServer:
     """Context manager running the server; records modes served and request headers/bodies."""
 
-    def __init__(self, script: Iterable[str] = (), default: str = "correct", hang_s: float = 3.0) -> None:
+    def __init__(self, script: Iterable[str] = (), default: str = "correct", hang_s: float = 3.0,
+                 trickle_s: float = 0.2) -> None:
         self.script: deque[str] = deque(script)
-        self.default, self.hang_s = default, hang_s
+        self.default, self.hang_s, self.trickle_s = default, hang_s, trickle_s
+        self.bytes_sent = 0
         self.modes_served: list[str] = []
         self.requests: list[dict[str, Any]] = []
         self.in_flight = self.max_in_flight = 0
@@ -100,6 +107,48 @@ class FaultServer:
                 self.end_headers()
                 self.wfile.write(body)
 
+            def _trickle(self, body: bytes) -> None:
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.send_header("Connection", "close")
+                self.end_headers()
+                self.wfile.flush()
+                for i in range(len(body)):
+                    if server._stop.wait(server.trickle_s):
+                        return
+                    try:
+                        self.wfile.write(body[i : i + 1])
+                        self.wfile.flush()
+                    except OSError:  # the client hung up (deadline passed): stop
+                        return
+                    with server._lock:
+                        server.bytes_sent += 1
+
+            def _huge(self, size: int, declared: bool) -> None:
+                head, tail = _completion("PAD").split(b"PAD")
+                pad = size - len(head) - len(tail) - len("\\nVERDICT: CORRECT")
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                if declared:
+                    self.send_header("Content-Length", str(len(head) + max(0, pad) + len(tail) + 18))
+                self.send_header("Connection", "close")
+                self.end_headers()
+                chunk = b" " * 65536
+                try:
+                    self.wfile.write(head)
+                    left = max(0, pad)
+                    while left > 0 and not server._stop.is_set():
+                        part = chunk[: min(left, len(chunk))]
+                        self.wfile.write(part)
+                        left -= len(part)
+                        with server._lock:
+                            server.bytes_sent += len(part)
+                    self.wfile.write(b"\\nVERDICT: CORRECT" + tail)
+                    self.wfile.flush()
+                except OSError:  # the client stopped reading and closed: expected
+                    return
+
             def do_POST(self) -> None:  # noqa: N802 - http.server naming
                 length = int(self.headers.get("Content-Length", 0))
                 payload = json.loads(self.rfile.read(length) or b"{}")
@@ -123,6 +172,10 @@ class FaultServer:
                 if name in ("429", "503", "500"):
                     headers = {"Retry-After": arg} if arg else {}
                     self._send(int(name), b'{"error": {"message": "injected"}}', headers)
+                elif name == "trickle":
+                    self._trickle(_completion("Looks correct.\nVERDICT: CORRECT"))
+                elif name in ("huge", "huge-declared"):
+                    self._huge(int(arg or 50_000_000), declared=name == "huge-declared")
                 elif name == "truncated":
                     self._send(200, _completion("fine\nVERDICT: CORRECT")[:40])
                 elif name == "garbage":

@@ -2,7 +2,8 @@
 
 A method joins by registering (`adaptune.methods._peft_ext.register_method`); nothing here lists methods by name.
 Checks: forward, backward, a few training steps change the adapter and nothing else, `disable_adapter()` gives the
-base outputs exactly, save/load identity, trainable-parameter count.
+base outputs exactly, save/load identity, trainable-parameter count. The rest of the PEFT contract (bf16 / fp16 bases,
+gradient checkpointing, several adapters, reloads, unload, compile, config JSON) is `tests/test_peft_contract.py`.
 """
 
 from __future__ import annotations

@@ -41,7 +41,8 @@ from .protocol import (
     tool_result_message,
     user_messages,
 )
-from .resolution import TokenCounter, downsample
+from ..data.validate import prepare_image
+from .resolution import TokenCounter, check_downsample_saves, downsample
 
 DIRECT_PREFIX = direct_prefix()
 
@@ -113,7 +114,9 @@ def answer_with_resolution_policy(
 ) -> list[Result]:
     """Answer each question with the two-turn resolution protocol (or a fixed baseline); one `Result` per row.
 
-    `images` are the FULL-resolution images; the first turn shows `low_images` (default: `images` downsampled by
+    `images` are the FULL-resolution images (anything `adaptune.data.validate.prepare_image` takes; a bad one raises
+    `InputError` naming its index; a downsampled view that costs as many tokens as the full one warns with
+    `PixelCapWarning`); the first turn shows `low_images` (default: `images` downsampled by
     `downsample_factor` in width and height). `always="low"|"full"` forces a direct answer on that image (the
     assistant turn is prefilled with `direct_prefix`); `resize` forces the decision per row (True: the tool turn is
     scripted and the model answers after seeing the full image; False: a direct answer on the low image).
@@ -127,10 +130,14 @@ def answer_with_resolution_policy(
     if resize is not None and len(resize) != len(images):
         raise ValueError(f"resize has {len(resize)} entries for {len(images)} rows")
     family = family or detect_family(model)
-    full = [im.convert("RGB") for im in images]
-    low = [(lo.convert("RGB") if lo is not None else downsample(im, downsample_factor))
-           for lo, im in zip(low_images or [None] * len(full), full, strict=True)]
+    # The one validation path: modes converted (alpha on white, 16-bit rescaled), bombs and bad aspect refused by row.
+    full = [prepare_image(im, row=i) for i, im in enumerate(images)]
+    low = [(prepare_image(lo, row=i) if lo is not None else downsample(im, downsample_factor, row=i))
+           for i, (lo, im) in enumerate(zip(low_images or [None] * len(full), full, strict=True))]
     cost = TokenCounter(family, processor)
+    if low_images is None and always != "full":
+        check_downsample_saves(family, processor, [im.size for im in full], downsample_factor,
+                               "answer_with_resolution_policy", cost)
 
     suppress = vision_token_ids(processor)
     was_training = model.training

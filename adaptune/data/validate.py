@@ -8,14 +8,21 @@ Conversions (documented behaviour):
 - images with alpha (RGBA, LA, P with transparency) are composited on white;
 - 16/32-bit integer (I;16, I) and float (F) images are rescaled from their own min/max to 0..255, then RGB;
 - images smaller than `min_side` on a side are upscaled (bicubic) so the shorter side is `min_side`.
-Rejections: unreadable or truncated files, aspect ratios above `max_aspect` (the Qwen-VL processors refuse above
-200), empty/whitespace-only questions, questions longer than `max_question_chars`, bytes that are not UTF-8,
-missing columns.
+Rejections: unreadable or truncated files, decompression bombs (more than `max_pixels` pixels, checked from the
+header before any pixel is decoded; PIL's own bomb error is caught too), aspect ratios above `max_aspect` (the
+Qwen-VL processors refuse above 200), empty/whitespace-only questions, questions longer than `max_question_chars`,
+bytes that are not UTF-8, missing columns.
+
+This is the ONE image entry point: the downsampler (`adaptune.budget.resolution.downsample`), the two-turn inference
+loop, the GRPO data and environment and the VQA task all call `prepare_image`, so an image is converted the same way
+(never a plain `.convert("RGB")`, which turns 16-bit images almost white and transparent pixels black) and a bad one
+is refused with its row wherever it enters.
 """
 
 from __future__ import annotations
 
 import io
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,28 +40,42 @@ class InputPolicy:
     min_side: int = 32
     max_aspect: float = 200.0
     max_question_chars: int = 2000
+    max_pixels: int = 89_478_485  # PIL's own default bomb limit (Image.MAX_IMAGE_PIXELS)
 
 
 def _where(row: Any) -> str:
     return f"row {row}" if row is not None else "input"
 
 
-def _open(obj: Any, where: str) -> Image.Image:
+def _check_pixels(width: int, height: int, where: str, policy: InputPolicy) -> None:
+    if width * height > policy.max_pixels:
+        raise InputError(f"{where}: image {width}x{height} has {width * height:,} pixels, above the limit of "
+                         f"{policy.max_pixels:,} (InputPolicy.max_pixels; a decompression bomb or an image to "
+                         "downscale first)")
+
+
+def _open(obj: Any, where: str, policy: InputPolicy = InputPolicy()) -> Image.Image:
     if isinstance(obj, Image.Image):
+        _check_pixels(*obj.size, where, policy)
         return obj
     if isinstance(obj, dict) and ("bytes" in obj or "path" in obj):  # datasets.Image(decode=False) cell
         obj = obj.get("bytes") or obj.get("path")
     try:
-        if isinstance(obj, (bytes, bytearray)):
-            image = Image.open(io.BytesIO(obj))
-        elif isinstance(obj, (str, Path)):
-            image = Image.open(obj)
-        else:
-            raise InputError(f"{where}: image must be a PIL image, bytes or a path, got {type(obj).__name__}")
-        image.load()  # forces decoding: truncated files fail here, not later inside a processor
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit decides, below
+            if isinstance(obj, (bytes, bytearray)):
+                image = Image.open(io.BytesIO(obj))
+            elif isinstance(obj, (str, Path)):
+                image = Image.open(obj)
+            else:
+                raise InputError(f"{where}: image must be a PIL image, bytes or a path, got {type(obj).__name__}")
+            _check_pixels(*image.size, where, policy)  # from the header: nothing decoded yet
+            image.load()  # forces decoding: truncated files fail here, not later inside a processor
     except InputError:
         raise
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+    except Image.DecompressionBombError as exc:
+        raise InputError(f"{where}: decompression bomb refused ({exc})") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as exc:
         raise InputError(f"{where}: unreadable or corrupt image ({exc.__class__.__name__}: {exc})") from None
     return image
 
@@ -82,7 +103,7 @@ def to_rgb(image: Image.Image) -> Image.Image:
 def prepare_image(obj: Any, row: Any = None, policy: InputPolicy = InputPolicy()) -> Image.Image:
     """Open, check and convert one image (see the module docstring for what is converted and what is refused)."""
     where = _where(row)
-    image = to_rgb(_open(obj, where))
+    image = to_rgb(_open(obj, where, policy))
     w, h = image.size
     if w < 1 or h < 1:
         raise InputError(f"{where}: empty image ({w}x{h})")
@@ -95,6 +116,23 @@ def prepare_image(obj: Any, row: Any = None, policy: InputPolicy = InputPolicy()
         image = image.resize((max(policy.min_side, round(w * scale)), max(policy.min_side, round(h * scale))),
                              Image.BICUBIC)
     return image
+
+
+def check_dataset_images(ds: Any, columns: tuple[str, ...] = ("image",), policy: InputPolicy = InputPolicy()) -> None:
+    """Open and check every image of a `datasets.Dataset` (read undecoded) with `prepare_image`, so a corrupt file or
+    a decompression bomb in a dataset folder is an `InputError` naming the row's `id` (or index) when the rows are
+    loaded, not a PIL stack trace inside a data loader."""
+    import datasets
+
+    for column in columns:
+        if column not in ds.column_names or not isinstance(ds.features[column], datasets.Image):
+            continue
+        raw = ds.cast_column(column, datasets.Image(decode=False))
+        keep = [column] + (["id"] if "id" in raw.column_names else [])
+        for index, row in enumerate(raw.select_columns(keep)):
+            if row[column] is not None:
+                row_id = row.get("id")
+                prepare_image(row[column], row_id if row_id is not None else index, policy)
 
 
 def prepare_question(text: Any, row: Any = None, policy: InputPolicy = InputPolicy()) -> str:

@@ -425,11 +425,70 @@ def load_stage(model: torch.nn.Module, weights: dict[str, torch.Tensor], stage: 
     own = model.state_dict()
     mismatched = [k for k, v in weights.items() if k in own and own[k].shape != v.shape]
     if mismatched and (stage > 1 or any(".visual." in f".{k}" for k in mismatched)):
-        raise ValueError(f"stage{stage}.pt does not fit this model ({', '.join(mismatched[:3])}); "
+        raise ValueError(f"stage{stage}.safetensors does not fit this model ({', '.join(mismatched[:3])}); "
                          "rebuild without --resume or with the tokenizer it was built with")
     model.load_state_dict({k: v for k, v in weights.items() if k not in mismatched}, strict=not mismatched)
     if mismatched:
         print(f"stage 1 checkpoint: kept the seeded init for {len(mismatched)} text tensors (tokenizer size changed)")
+
+
+def _plain(value: Any) -> Any:
+    """numpy / torch scalars in the stage state as Python numbers (JSON)."""
+    if hasattr(value, "item"):
+        return value.item()
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def save_stage(work: Path, stage: int, model: torch.nn.Module, state: dict[str, Any]) -> Path:
+    """`stage{k}.safetensors` (weights; the build state as JSON metadata), written to a temporary file, synced and
+    renamed into place: a kill leaves either the previous file set or the new one, never a torn `stage{k}` file."""
+    from safetensors.torch import save_file
+
+    seen: dict[int, str] = {}
+    tensors = {}
+    for key, value in model.state_dict().items():
+        value = value.detach().cpu().contiguous()
+        ptr = value.data_ptr()
+        tensors[key] = value.clone() if ptr in seen else value  # tied weights: safetensors refuses shared storage
+        seen.setdefault(ptr, key)
+    path = work / f"stage{stage}.safetensors"
+    tmp = work / f".stage{stage}.safetensors.tmp-{os.getpid()}"
+    try:
+        save_file(tensors, str(tmp), metadata={"state": json.dumps(state, default=_plain)})
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def latest_stage(work: Path) -> tuple[int, dict[str, torch.Tensor], dict[str, Any]] | None:
+    """The newest readable stage file in `work`: (stage, weights, state). Empty, torn or unreadable files are skipped
+    (with a note; the previous stage is used). `stage{k}.pt` files of older builds are read with
+    `weights_only=True` (tensors and plain containers only: a planted pickle is refused, never run)."""
+    from safetensors import safe_open
+
+    for k in (4, 3, 2, 1):
+        path = work / f"stage{k}.safetensors"
+        legacy = work / f"stage{k}.pt"
+        try:
+            if path.exists():
+                with safe_open(str(path), framework="pt") as handle:
+                    state = json.loads((handle.metadata() or {})["state"])
+                    weights = {key: handle.get_tensor(key) for key in handle.keys()}
+                return k, weights, state
+            if legacy.exists():
+                ckpt = torch.load(legacy, map_location="cpu", weights_only=True)
+                return k, ckpt["model"], ckpt["state"]
+        except Exception as exc:  # a torn, empty, foreign or code-carrying file
+            bad = path if path.exists() else legacy
+            print(f"ignoring {bad}: unreadable ({exc.__class__.__name__}: {str(exc)[:200]!r})",
+                  flush=True)
+    return None
 
 
 def build(out: Path, cfg: BuildConfig, work: Path, resume: bool = False, command: str = "") -> dict[str, Any]:
@@ -446,13 +505,11 @@ def build(out: Path, cfg: BuildConfig, work: Path, resume: bool = False, command
     state = {"stages": {}, "curves": []}
     done = 0
     if resume:
-        for k in (4, 3, 2, 1):
-            if (work / f"stage{k}.pt").exists():
-                ckpt = torch.load(work / f"stage{k}.pt", weights_only=False)
-                load_stage(model, ckpt["model"], k)
-                state, done = ckpt["state"], k
-                print(f"resumed after stage {k}", flush=True)
-                break
+        found = latest_stage(work)
+        if found is not None:
+            done, weights, state = found
+            load_stage(model, weights, done)
+            print(f"resumed after stage {done}", flush=True)
     model.train()
     plan = sft.plan_protocol(corpus.rows, cfg.steps[3] * cfg.protocol_per_batch, cfg.seed)
     for k in range(done + 1, 5):
@@ -476,7 +533,7 @@ def build(out: Path, cfg: BuildConfig, work: Path, resume: bool = False, command
             stats = lm_stage("stage4", 3, model, tok, corpus, cfg, rng, param_groups(model, 5e-5, 3e-4),
                              state["curves"], plan=plan, rendered=rendered, processor=processor)
         state["stages"][f"stage{k}"] = stats
-        torch.save({"model": model.state_dict(), "state": state}, work / f"stage{k}.pt")
+        save_stage(work, k, model, state)
         print(f"stage {k} done: {stats}", flush=True)
     t_eval = time.time()
     metrics = evaluate(model, processor, cfg.eval_per_kind, cfg.seed)

@@ -55,6 +55,12 @@ def evaluate_run(run_dir: Path, split: str = "test", limit: int | None = None,
         recipe = load_recipe(recipe_path or run_dir / "config.yaml")
     else:
         raise FileNotFoundError(f"{run_dir} is neither a run directory (config.yaml) nor an adapter folder")
+    if not adapter_dir.exists() and recipe.adapter.method != "none":
+        from ..adapters import AdapterLoadError
+
+        state = "it did not finish (no DONE)" if not (run_dir / "DONE").exists() else "it was removed"
+        raise AdapterLoadError(f"{run_dir} has no adapter/ ({state}): evaluating it would score the base model "
+                               f"under the name of method {recipe.adapter.method!r}")
     recipe.task.params.update(task_overrides or {})
     loaded = load_for_recipe(recipe)
     model = loaded.model

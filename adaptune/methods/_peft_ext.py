@@ -11,12 +11,16 @@ so the CLI and the shared test matrix see it.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
+from peft.tuners.tuners_utils import BaseTunerLayer
 from peft.utils import peft_types
 from peft.utils.peft_types import PeftType, register_peft_method
+from torch import nn
 
 from ..registry import METHODS
 from .objective import MethodObjective
@@ -72,3 +76,57 @@ def register_method(info: MethodInfo, prefix: str | None = None) -> MethodInfo:
         PEFT_TYPE_TO_TUNER_MAPPING[peft_type] = info.model_cls
     METHODS._items[info.name] = info
     return info
+
+
+# ------------------------------------------------------------------------------------- shared tuner behaviour
+
+
+def restore_base_module(parent: nn.Module, child_name: str, new_module: nn.Module, child: nn.Module) -> bool:
+    """`BaseTuner._replace_module` for `unload()`: when `new_module` is the module `child` wraps, put it back as it was
+    and return True. PEFT's default copies `.weight` / `.bias` across, which breaks on wrapped modules that have none
+    (attention blocks, whole towers) and is not needed: the original module object is returned untouched."""
+    if isinstance(child, BaseTunerLayer) and new_module is child.get_base_layer():
+        setattr(parent, child_name, new_module)
+        return True
+    return False
+
+
+def adapter_dtype_device(module: nn.Module) -> tuple[torch.dtype | None, torch.device | None]:
+    """dtype and device of a wrapped module's first floating-point weight (None, None when it has none)."""
+    for param in module.parameters():
+        if param.is_floating_point():
+            return param.dtype, param.device
+    return None, None
+
+
+def _drop_adapter_entries(layer: BaseTunerLayer, adapter_name: str) -> None:
+    for attr in tuple(layer.adapter_layer_names) + tuple(layer.other_param_names):
+        container = getattr(layer, attr, None)
+        if hasattr(container, "__contains__") and hasattr(container, "__delitem__") and adapter_name in container:
+            del container[adapter_name]
+
+
+@contextmanager
+def roll_back_on_failure(tuner: Any, model: nn.Module, adapter_name: str) -> Iterator[None]:
+    """Run an adapter injection; if it fails, leave no trace of `adapter_name` in the model.
+
+    PEFT's `add_adapter` / `load_adapter` only forget the config when injection raises; layers that already received
+    the adapter (or were wrapped for it) would stay behind. Here their entries for `adapter_name` are removed, and a
+    layer created by the failed call is replaced by the module it wrapped."""
+    before = {id(m) for m in model.modules() if isinstance(m, BaseTunerLayer)}
+    try:
+        yield
+    except BaseException:
+        for name, module in list(model.named_modules()):
+            if not isinstance(module, BaseTunerLayer) or not name:
+                continue
+            _drop_adapter_entries(module, adapter_name)
+            if id(module) not in before:
+                parent_name, _, child_name = name.rpartition(".")
+                parent = model.get_submodule(parent_name) if parent_name else model
+                setattr(parent, child_name, module.get_base_layer())
+        targeted = getattr(tuner, "targeted_module_names", None)
+        if isinstance(targeted, list):
+            present = {n for n, m in model.named_modules() if isinstance(m, BaseTunerLayer)}
+            targeted[:] = [n for n in targeted if n in present]
+        raise

@@ -115,6 +115,22 @@ def resolve_source(source: str, seed: int = 0) -> str:
     return str(SOURCES.get(name)(spec, seed))
 
 
+def resolve_dtype(dtype: torch.dtype | str | None) -> torch.dtype | str | None:
+    """`dtype` as `load_model` takes it (a torch dtype, its name such as "bfloat16" or "torch.float16", "auto", or
+    None for the source's default) -> a floating torch dtype, "auto" or None; anything else raises a ValueError."""
+    if dtype is None or isinstance(dtype, torch.dtype) and dtype.is_floating_point:
+        return dtype
+    if isinstance(dtype, str):
+        name = dtype.strip().removeprefix("torch.")
+        if name == "auto":
+            return "auto"
+        value = getattr(torch, name, None)
+        if isinstance(value, torch.dtype) and value.is_floating_point:
+            return value
+    raise ValueError(f"dtype must be a floating-point torch dtype (e.g. torch.bfloat16 or 'bfloat16'), 'auto' or None; "
+                     f"got {dtype!r}")
+
+
 def load_model(
     source: str | os.PathLike,
     family: str | None = None,
@@ -132,9 +148,12 @@ def load_model(
     on the companion sets, cached under $ADAPTUNE_CACHE after the first build), a local folder, or a hub id.
     """
     source = str(source)
+    dtype = resolve_dtype(dtype)
     if source.startswith("tiny:"):
         name = source.split(":", 1)[1]
         model, processor = build_tiny(name, seed=seed)
+        if isinstance(dtype, torch.dtype):
+            model.to(dtype)  # built in fp32; "auto" keeps that
         return LoadedModel(model, processor, get_family(name), source)
     source = resolve_source(source, seed)
     if _looks_local(source) and not Path(source).expanduser().exists():
@@ -149,7 +168,7 @@ def load_model(
     model_cls = getattr(transformers, spec.model_class)
     kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
     if dtype is not None:
-        kwargs["dtype"] = getattr(torch, dtype) if isinstance(dtype, str) else dtype
+        kwargs["dtype"] = dtype
     qcfg = quantization_config(spec, quantization, keep_full_precision)
     if qcfg is not None:
         kwargs["quantization_config"] = qcfg

@@ -11,6 +11,9 @@ Sources (`DataParams.dataset`):
   columns. If it also has a `full_image` column, `image` is taken as the low-resolution view as is (rows whose
   `full_image` is missing are kept; the environment tells the model no sharper image exists). A `label` column from
   `adaptune label-resolution` is honoured: rows labelled `drop` are removed.
+Every image goes through `adaptune.data.validate.prepare_image` (read undecoded from the dataset, so a corrupt file,
+a decompression bomb or an aspect ratio above 200 is an `InputError` naming the row's `id` or index, not a PIL stack
+trace); the first-turn view comes from `adaptune.budget.resolution.downsample`.
 
     rows = load_grpo_rows(DataParams(dataset="glyphqa", num_samples=256, fine_fraction=0.5))
     rows = to_grpo_rows(my_dataset, downsample=0.5)
@@ -24,10 +27,10 @@ from pathlib import Path
 from typing import Any
 
 import datasets
-from PIL import Image
-
 from ..budget.protocol import SYSTEM_PROMPT
+from ..budget.resolution import NO_UPSCALE
 from ..budget.resolution import downsample as downsample_image
+from ..data.validate import prepare_image
 
 log = logging.getLogger("adaptune")
 KEEP_COLUMNS = ("question", "answer", "kind", "qtype", "id", "label")
@@ -82,29 +85,37 @@ def to_grpo_rows(ds: datasets.Dataset, downsample: float = 0.5, drop_labels: tup
         raise ValueError(f"dataset lacks column(s) {missing}; has {ds.column_names}")
     pre_split = "full_image" in ds.column_names
     n_source = len(ds)
-    if "label" in ds.column_names and drop_labels:
-        ds = ds.filter(lambda label: label not in drop_labels, input_columns="label")
-    n_labelled = len(ds)
     keep = [c for c in KEEP_COLUMNS if c in ds.column_names and c not in ("question", "answer")]
+    for column in ("image", "full_image"):  # undecoded: a bad file is reported by prepare_image with its row
+        if column in ds.column_names and isinstance(ds.features[column], datasets.Image):
+            ds = ds.cast_column(column, datasets.Image(decode=False))
+    labels = ds["label"] if "label" in ds.column_names and drop_labels else None
 
-    def convert(row: dict[str, Any]) -> dict[str, Any]:
+    def convert(index: int, row: dict[str, Any]) -> dict[str, Any]:
+        where = row["id"] if row.get("id") is not None else index
         image = row["image"]
-        if pre_split:
-            low, full = image, row["full_image"]
+        if pre_split:  # the given low view keeps its geometry (like `downsample`, no small-image upscaling)
+            low = prepare_image(image, where, NO_UPSCALE)
+            full = prepare_image(row["full_image"], where) if row["full_image"] is not None else None
         else:
-            full = image
-            low = downsample_image(image, downsample) if isinstance(image, Image.Image) else None
-        out = {"prompt": prompt_messages(str(row["question"])), "image": _rgb(low), "full_image": _rgb(full),
+            full = prepare_image(image, where)
+            low = downsample_image(full, downsample, row=where)
+        out = {"prompt": prompt_messages(str(row["question"])), "image": low, "full_image": full,
                "question": str(row["question"]), "answer": str(row["answer"])}
         out.update({c: row[c] for c in keep})
         return out
 
-    with_image = ds.filter(lambda image: image is not None, input_columns="image")
-    rows = [convert(r) for r in with_image]
+    rows, n_labelled = [], 0
+    for index, row in enumerate(ds):
+        if labels is not None and labels[index] in drop_labels:
+            continue
+        n_labelled += 1
+        if row["image"] is not None:
+            rows.append(convert(index, row))
     features = datasets.Features({**FEATURES, **{c: ds.features[c] for c in keep}})
     out = datasets.Dataset.from_list(rows, features=features) if rows else datasets.Dataset.from_dict(
         {k: [] for k in features}, features=features)
-    counts = {"rows": len(out), "dropped_by_label": n_source - n_labelled, "no_image": n_labelled - len(with_image),
+    counts = {"rows": len(out), "dropped_by_label": n_source - n_labelled, "no_image": n_labelled - len(rows),
               "missing_full_image": sum(r["full_image"] is None for r in rows)}
     if counts["no_image"] or counts["missing_full_image"]:
         log.warning("GRPO rows: %d without any image (removed), %d without a full-resolution image (kept: the "
@@ -112,10 +123,6 @@ def to_grpo_rows(ds: datasets.Dataset, downsample: float = 0.5, drop_labels: tup
     if stats is not None:
         stats.update(counts)
     return out
-
-
-def _rgb(image: Any) -> Image.Image | None:
-    return image.convert("RGB") if isinstance(image, Image.Image) else None
 
 
 def source_dataset(params: DataParams, split: str | None = None, num: int | None = None,

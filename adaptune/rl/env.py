@@ -13,6 +13,9 @@ What an environment records per rollout (read by `adaptune.rl.rewards` and the r
 - `low_tokens`, `full_tokens`, `tool_calls`, `errors`.
 A row without a full-resolution image is not an error: the tool answers with a text saying so (the rollout goes on
 with the low-resolution image), and `EnvStats.missing_full` counts it.
+Both images go through `adaptune.data.validate.prepare_image` (the one validation path; a bad image raises
+`InputError` naming the row's `id`). A rollout whose full image costs no more tokens than the low one (the
+processor's pixel cap) is counted in `EnvStats.no_savings` and warned about once per factory (`PixelCapWarning`).
 
     factory = make_env_factory(processor, get_family("qwen3_vl"))
     trainer = GRPOTrainer(..., environment_factory=factory)   # dataset rows need `image` (low) and `full_image`
@@ -24,6 +27,7 @@ Only `reset` and `resize_image` are public on `ResolutionEnv`: TRL would expose 
 from __future__ import annotations
 
 import threading
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,7 +35,8 @@ from typing import Any
 from PIL import Image
 
 from ..budget.protocol import RESIZE_ACTION, TOOL_RESULT_TEXT, ResizeTool
-from ..budget.resolution import TokenCounter
+from ..budget.resolution import NO_UPSCALE, PixelCapWarning, TokenCounter
+from ..data.validate import prepare_image
 from ..models import FamilySpec
 
 ALREADY_RESIZED = "Error: the full-resolution image was already provided; answer the question now."
@@ -50,8 +55,17 @@ class EnvStats:
     missing_full: int = 0
     missing_full_requests: int = 0
     visual_tokens: int = 0
+    no_savings: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _last: dict[str, int] = field(default_factory=dict, repr=False)
+
+    _warned: bool = field(default=False, repr=False)
+
+    def warn_once(self) -> bool:
+        """True the first time only (one pixel-cap warning per factory, not one per rollout)."""
+        with self._lock:
+            first, self._warned = not self._warned, True
+            return first
 
     def add(self, **counts: int) -> None:
         with self._lock:
@@ -60,7 +74,8 @@ class EnvStats:
 
     def totals(self) -> dict[str, int]:
         return {k: getattr(self, k) for k in ("rollouts", "resizes", "repeated_calls", "bad_actions",
-                                               "missing_full", "missing_full_requests", "visual_tokens")}
+                                               "missing_full", "missing_full_requests", "visual_tokens",
+                                               "no_savings")}
 
     def snapshot(self, prefix: str = "env/") -> dict[str, float]:
         """Rates since the previous snapshot (per logging window) plus running totals of the error counters."""
@@ -74,7 +89,7 @@ class EnvStats:
             f"{prefix}resize_rate": delta["resizes"] / rollouts,
             f"{prefix}visual_tokens": delta["visual_tokens"] / rollouts,
         }
-        for key in ("repeated_calls", "bad_actions", "missing_full", "missing_full_requests"):
+        for key in ("repeated_calls", "bad_actions", "missing_full", "missing_full_requests", "no_savings"):
             out[f"{prefix}{key}_total"] = float(now[key])
         return out if delta["rollouts"] else {}
 
@@ -109,14 +124,24 @@ class ResolutionEnv(ResizeTool):
     def reset(self, **row: Any) -> None:
         """Start a rollout from a dataset row (TRL passes every column); the prompt is left unchanged."""
         low, full = row.get(self._image_key), row.get(self._full_image_key)
-        self._full = full if isinstance(full, Image.Image) else None
+        where = row.get("id")
+        self._full = prepare_image(full, where, NO_UPSCALE) if full is not None else None  # geometry kept
         self.resized = False
         self.tool_calls = 0
         self.errors = []
-        self.low_tokens = self._tokens(low) if isinstance(low, Image.Image) else 0
+        self.low_tokens = self._tokens(prepare_image(low, where, NO_UPSCALE)) if low is not None else 0
         self.full_tokens = self._tokens(self._full) if self._full is not None else 0
         self.visual_tokens = self.low_tokens
-        self._stats.add(rollouts=1, visual_tokens=self.low_tokens, missing_full=int(self._full is None))
+        no_savings = int(self._full is not None and self.low_tokens > 0 and self.full_tokens <= self.low_tokens)
+        self._stats.add(rollouts=1, visual_tokens=self.low_tokens, missing_full=int(self._full is None),
+                        no_savings=no_savings)
+        if no_savings and self._stats.warn_once():
+            width, height = self._full.size  # type: ignore[union-attr]
+            warnings.warn(
+                f"a rollout's full image ({width}x{height}, {self.full_tokens} visual tokens) "
+                f"costs no more than its low-resolution view ({self.low_tokens}): the processor's pixel cap shrinks "
+                "both to the same size, so resizing saves nothing; downscale the full images to the processor's "
+                "max_pixels first (counted in env/no_savings_total)", PixelCapWarning, stacklevel=2)
         return None
 
     def _error(self, message: str, **counter: int) -> str:

@@ -13,6 +13,10 @@ a judge are `async` (TRL runs them on its event loop; elsewhere use `asyncio.run
 
 Failures: a group in which any judge verdict failed (after the judge's own failure policy) gets `None` for every
 completion; TRL turns that into NaN, leaves it out of the group baseline and gives it zero advantage.
+Dropped groups abort the run: when more than `max_dropped_share` (default 0.5) of the groups of the last
+`dropped_window` (default 5) reward calls were dropped, the reward raises `DroppedGroupsError` naming the share, the
+judge's counters and the knobs (a judge that never parses would otherwise train nothing for the whole run and exit 0).
+`max_dropped_share: null` in `grpo.reward` turns the guard off.
 Zero-variance groups: TRL 1.16 does NOT drop groups whose reward std is ~0 (no DAPO-style dynamic sampling); their
 advantages are exactly 0, so they add no policy gradient but still count in the loss normaliser. We log the share of
 such groups as `visionthink/zero_std_groups` instead of filtering.
@@ -27,6 +31,7 @@ such groups as `visionthink/zero_std_groups` instead of filtering.
 from __future__ import annotations
 
 import math
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, get_args
@@ -195,6 +200,46 @@ def drop_failed_groups(scores: list[float | None], slices: Sequence[slice]) -> l
     return out
 
 
+class DroppedGroupsError(RuntimeError):
+    """Too many reward groups were dropped because the judge failed: training would learn nothing."""
+
+
+class DropGuard:
+    """Rolling share of dropped groups over the last `window` reward calls; raises above `max_share`.
+
+    >>> guard = DropGuard(max_share=0.5, window=2)
+    >>> guard.update(dropped=1, total=2)   # 1/2 so far, window not full
+    >>> guard.update(dropped=2, total=2)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    adaptune.rl.rewards.DroppedGroupsError: 75% of reward groups (3 of 4) were dropped over the last 2 reward calls ...
+    """
+
+    def __init__(self, max_share: float | None = 0.5, window: int = 5, name: str = "reward") -> None:
+        if max_share is not None and not 0.0 <= float(max_share) < 1.0:
+            raise ValueError(f"max_dropped_share must be in [0, 1) or null (no abort), got {max_share!r}")
+        if int(window) < 1:
+            raise ValueError(f"dropped_window must be >= 1, got {window!r}")
+        self.max_share, self.window, self.name = max_share, int(window), name
+        self.history: deque[tuple[int, int]] = deque(maxlen=self.window)
+
+    def update(self, dropped: int, total: int, judge_stats: Mapping[str, int] | None = None) -> None:
+        if total <= 0:
+            return
+        self.history.append((dropped, total))
+        if self.max_share is None or len(self.history) < self.window:
+            return
+        n_dropped, n_total = sum(d for d, _ in self.history), sum(t for _, t in self.history)
+        share = n_dropped / n_total
+        if share > self.max_share:
+            raise DroppedGroupsError(
+                f"{share:.0%} of reward groups ({n_dropped} of {n_total}) were dropped over the last {self.window} "
+                f"reward calls because the judge could not score them, above grpo.reward.max_dropped_share="
+                f"{self.max_share}; the run would train on nothing. Judge counters: {dict(judge_stats or {})}. "
+                "Check the judge (endpoint, model, verdict format), use judge.on_failure: fallback, or raise "
+                "max_dropped_share / dropped_window (null turns the abort off).")
+
+
 def rollout_resized(completions: Sequence[Any], environments: Sequence[Any] | None, tool_name: str) -> list[bool]:
     """Whether each rollout got the high-resolution image: `environments[i].resized` if present, else a tool call."""
     flags = []
@@ -217,15 +262,20 @@ def _named(fn: RewardFn, name: str, **attrs: Any) -> RewardFn:
 @REWARDS.register("accuracy")
 def make_accuracy_reward(
     judge: Any = None, question_key: str = "question", reference_key: str = "answer", drop_groups: bool = True,
-    num_generations: int | None = None,
+    num_generations: int | None = None, max_dropped_share: float | None = 0.5, dropped_window: int = 5,
 ) -> RewardFn:
-    """Judge score of the final `<answer>` against the `reference_key` column (async; groups dropped on failure)."""
+    """Judge score of the final `<answer>` against the `reference_key` column (async; groups dropped on failure,
+    the run aborted by `DroppedGroupsError` when too many are, see `DropGuard`)."""
     the_judge = build_judge(judge)
+    guard = DropGuard(max_dropped_share, dropped_window, "accuracy")
 
     async def accuracy(prompts: Sequence[Any] | None = None, completions: Sequence[Any] = (), **kwargs: Any):
         scores = await judge_completions(the_judge, completions, prompts, kwargs, question_key, reference_key)
         if drop_groups:
-            scores = drop_failed_groups(scores, group_slices(len(completions), num_generations, prompts))
+            slices = group_slices(len(completions), num_generations, prompts)
+            scores = drop_failed_groups(scores, slices)
+            guard.update(sum(scores[s.start] is None for s in slices if s.stop > s.start), len(slices),
+                         the_judge.stats())
         return scores
 
     return _named(accuracy, "accuracy", judge=the_judge)
@@ -288,6 +338,8 @@ def make_visionthink_reward(
     tool_name: str = TOOL_NAME,
     tool_arguments: Mapping[str, Any] | None = RESIZE_ARGUMENTS,
     log_prefix: str = "visionthink",
+    max_dropped_share: float | None = 0.5,
+    dropped_window: int = 5,
 ) -> RewardFn:
     """accuracy_weight * accuracy + format_weight * format - penalty, one judge call per batch, with logging.
 
@@ -295,8 +347,11 @@ def make_visionthink_reward(
     `kind` when the rows carry one: `resize_rate_fine`, `resize_rate_coarse`), visual
     tokens per sample (from `environments[i].visual_tokens`), dropped and zero-variance group shares and the judge's
     counters for this batch; and per-sample columns through `log_extra`.
+    Raises `DroppedGroupsError` when more than `max_dropped_share` of the groups of the last `dropped_window` calls
+    were dropped (judge failures); `max_dropped_share=None` never aborts.
     """
     the_judge = build_judge(judge)
+    guard = DropGuard(max_dropped_share, dropped_window, log_prefix)
     config = penalty if isinstance(penalty, PenaltyConfig) else PenaltyConfig(**dict(penalty or {}))
     last_stats: dict[str, int] = {}
 
@@ -320,6 +375,7 @@ def make_visionthink_reward(
                 rewards[i] = accuracy_weight * scores[i] + format_weight * formats[i] - penalties[i]  # type: ignore
             zero_std += len(rewards[s]) > 1 and _std(rewards[s]) < 1e-4  # type: ignore[arg-type]
         _log(kwargs, scores, formats, penalties, resized, environments, slices, zero_std)
+        guard.update(sum(scores[s.start] is None for s in slices if s.stop > s.start), len(slices), the_judge.stats())
         return rewards
 
     def _log(kwargs, scores, formats, penalties, resized, environments, slices, zero_std) -> None:

@@ -22,7 +22,9 @@ from typing import Any
 from ..config import Recipe
 from ..registry import RUN_KINDS
 from ..train.lifecycle import RunLifecycle
+from ..utils.io import append_jsonl, atomic_write_text
 from .report import evaluate_policy, report_sections
+from .rewards import DroppedGroupsError
 from .sections import parse_grpo_section
 from .trainer import build_grpo_trainer
 
@@ -36,7 +38,14 @@ def run_grpo_recipe(recipe: Recipe) -> Path:
     life.attach(trainer, log_extras=parts.env_factory.stats.snapshot, time_limit_minutes=parts.plan.time_limit_minutes)
     train_seconds, steps_run = 0.0, 0
     if recipe.training.max_steps > 0:
-        outcome = life.train(trainer)
+        try:
+            outcome = life.train(trainer)
+        except DroppedGroupsError as exc:  # the judge failed on most groups: stop loudly, record why, no DONE
+            if life.is_main_process:
+                append_jsonl(life.run_dir / "metrics.jsonl",
+                             {"event": "aborted", "step": trainer.state.global_step, "reason": str(exc)})
+                atomic_write_text(life.run_dir / "ABORTED", f"{exc}\n")
+            raise
         train_seconds, steps_run = outcome.seconds, outcome.steps_run
     if not life.is_main_process:
         return life.run_dir

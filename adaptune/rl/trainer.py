@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..budget.resolution import check_downsample_saves
 from ..budget.two_turn import vision_token_ids
 from ..config import Recipe, RecipeError
 from ..models import LoadedModel
@@ -131,6 +132,9 @@ def build_grpo_trainer(recipe: Recipe, output_dir: Path | None = None, callbacks
         raise RecipeError(f"{where}.data: no usable rows (every row lacked an image or was labelled drop)")
     sizes = [im.size for im in rows.select(range(min(64, len(rows))))[plan.env.full_image_key] if im is not None]
     budget = completion_budget(loaded.processor, loaded.family, sizes, plan.env.turn_tokens)
+    # Full images above the processor's pixel cap: the low view costs as much as the full one (PixelCapWarning).
+    check_downsample_saves(loaded.family, loaded.processor, sizes, plan.data.downsample,
+                           f"{where}.data (first {len(sizes)} rows)")
     output_dir = Path(output_dir or Path("runs") / recipe.name / "checkpoints")
     kwargs = grpo_config_kwargs(recipe, plan, loaded, output_dir, budget)
     try:

@@ -28,7 +28,7 @@ from PIL import Image
 from ..budget.placeholders import BudgetProcessor
 from ..budget.protocol import DIRECT_THOUGHT, direct_answer, render, user_messages
 from ..budget.resolution import downsample
-from ..data.validate import prepare_vqa_row
+from ..data.validate import check_dataset_images, prepare_image, prepare_vqa_row
 from ..registry import TASKS
 from .base import BUDGET, LOGITS, Task, TaskLoss
 
@@ -61,7 +61,9 @@ def load_vqa_rows(dataset: str, split: str, n: int, seed: int) -> list[dict[str,
     missing = {"image", "question", "answer"} - set(data.column_names)
     if missing:
         raise ValueError(f"{dataset}: rows lack columns {sorted(missing)}")
-    return data.select(range(min(n, len(data))))
+    data = data.select(range(min(n, len(data))))
+    check_dataset_images(data)  # a corrupt file or a bomb is an InputError naming the row, not a PIL trace later
+    return data
 
 
 def take_rows(rows: Any, limit: int | None = None) -> list[dict[str, Any]]:
@@ -94,12 +96,13 @@ ANSWER_FORMATS = ("tagged", "plain", "protocol")
 
 
 def resize_for(image: Image.Image, resolution: str) -> Image.Image:
-    """The image the model sees at `resolution`: as is ("full") or through the one downsampler ("half")."""
+    """The image the model sees at `resolution`: as is ("full") or through the one downsampler ("half"); both through
+    `adaptune.data.validate.prepare_image` (never a plain `.convert("RGB")`)."""
     if resolution == "half":
         return downsample(image, 0.5)
     if resolution != "full":
         raise ValueError(f"resolution must be 'full' or 'half', got {resolution!r}")
-    return image.convert("RGB")
+    return prepare_image(image)
 
 
 @TASKS.register("vqa_sft")

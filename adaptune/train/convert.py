@@ -15,7 +15,7 @@ import torch
 from peft import LoraConfig, PeftConfig
 from transformers import TrainingArguments
 
-from ..config import AdapterSection, Recipe, RecipeError, TrainingSection, validate_params
+from ..config import RESERVED_TRAINING_EXTRA, AdapterSection, Recipe, RecipeError, TrainingSection, validate_params
 from ..models import FamilySpec, LoadedModel
 from ..registry import METHODS
 
@@ -61,11 +61,14 @@ def training_arguments_kwargs(section: TrainingSection, output_dir: Path) -> dic
         save_strategy="steps", save_total_limit=section.save_total_limit, seed=section.seed, data_seed=section.seed,
         bf16=section.bf16 and on_gpu, use_cpu=not on_gpu, report_to=[], remove_unused_columns=False,
         dataloader_num_workers=0, disable_tqdm=False, eval_strategy="no",
+        logging_nan_inf_filter=False,  # a NaN loss is logged as NaN (and stops the run: lifecycle.FiniteGuard)
     )
     fields = {f.name for f in dataclasses.fields(TrainingArguments)}
     for key, value in section.extra.items():
         if key not in fields:
             raise RecipeError(f"training.extra.{key}: not a transformers.TrainingArguments field")
+        if key in RESERVED_TRAINING_EXTRA:
+            raise RecipeError(f"training.extra.{key}: not allowed ({RESERVED_TRAINING_EXTRA[key]})")
         kwargs[key] = value
     return kwargs
 

@@ -1,10 +1,12 @@
 """One run directory from the first line to DONE, shared by every recipe kind.
 
 What: the steps every training run takes around its trainer: prepare the run directory (the main process creates or
-checks it, the other processes of an `accelerate launch` wait and join), write `config.yaml`, set the seed, attach the
-callback that appends `metrics.jsonl` and marks finished checkpoints COMPLETE (plus optional mid-run evaluation, extra
-logged scalars and a wall-time limit), resume from the newest COMPLETE checkpoint, save the unwrapped adapter, then
-write the final metrics record, `eval.json`, `report.md` and `DONE`.
+checks it and holds its lock until `finish`, the other processes of an `accelerate launch` wait and join), write
+`config.yaml`, set the seed, attach the callback that appends `metrics.jsonl` and marks finished checkpoints COMPLETE
+(plus optional mid-run evaluation, extra logged scalars and a wall-time limit) and the guard that stops the run at the
+first non-finite loss or gradient norm (`TrainingDivergedError`, nothing saved), resume from the newest COMPLETE
+checkpoint (metrics logged after it are dropped), save the unwrapped adapter (non-finite weights refused), then write
+the final metrics record, `eval.json`, `report.md` and `DONE`.
 
 Why: the adapter runner (`adaptune.train.runner`) and the GRPO run (`adaptune.rl.run`) write the same folder format
 (`adaptune.train.rundir`); with one lifecycle they cannot drift apart (resume rules, markers, refusals), and a new
@@ -25,6 +27,7 @@ How:
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -37,7 +40,8 @@ from ..adapters import save_adapter
 from ..config import Recipe, recipe_to_yaml
 from ..utils.io import append_jsonl, atomic_write_json, atomic_write_text
 from .report import write_report
-from .rundir import COMPLETE, discard_incomplete_checkpoints, latest_checkpoint, prepare_run_dir, run_dir_for
+from .rundir import (COMPLETE, discard_incomplete_checkpoints, latest_checkpoint, prepare_run_dir, release_run_lock,
+                     run_dir_for, truncate_metrics)
 
 log = logging.getLogger("adaptune")
 
@@ -73,6 +77,62 @@ class RunCallback(TrainerCallback):
             model.train(was_training)
             append_jsonl(self.run_dir / "metrics.jsonl",
                          {"event": "eval", "step": state.global_step, **{f"eval/{k}": v for k, v in metrics.items()}})
+
+
+class TrainingDivergedError(RuntimeError):
+    """A non-finite loss or gradient norm: the run stopped before the optimizer step, nothing was saved."""
+
+
+class FiniteGuard(TrainerCallback):
+    """Stops a run at the first non-finite loss or gradient norm, before the optimizer applies it.
+
+    The losses of the step's micro-batches are collected by wrapping `trainer.training_step` (no sync per micro-batch);
+    `on_pre_optimizer_step` checks them and the gradients once. A non-finite value is written to metrics.jsonl as it
+    is (`{"event": "diverged", "loss": NaN, ...}`, not the 0.0 HF's NaN filter would log) and TrainingDivergedError
+    ends `trainer.train()`: no optimizer step, no checkpoint, no adapter, no DONE."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.run_dir = Path(run_dir)
+        self._losses: list[Any] = []
+
+    def wrap(self, trainer: Any) -> None:
+        inner = trainer.training_step
+
+        def training_step(*args: Any, **kwargs: Any) -> Any:
+            loss = inner(*args, **kwargs)
+            if hasattr(loss, "detach"):
+                self._losses.append(loss.detach())
+            return loss
+
+        trainer.training_step = training_step
+
+    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+        import torch
+
+        losses, self._losses = self._losses, []
+        loss = float(torch.stack([x.float().mean() for x in losses]).mean()) if losses else 0.0
+        grads = [p.grad.detach() for p in (model.parameters() if model is not None else []) if p.grad is not None]
+        grad_norm = float(torch.linalg.vector_norm(torch.stack([g.float().norm() for g in grads]))) if grads else 0.0
+        if math.isfinite(loss) and math.isfinite(grad_norm):
+            return
+        self._diverged(state, state.global_step + 1, loss, grad_norm)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not logs:
+            return
+        bad = {k: v for k, v in logs.items() if k in ("loss", "grad_norm") and isinstance(v, float)
+               and not math.isfinite(v)}
+        if bad:
+            self._diverged(state, state.global_step, logs.get("loss"), logs.get("grad_norm"))
+
+    def _diverged(self, state: Any, step: int, loss: Any, grad_norm: Any) -> None:
+        if state.is_world_process_zero:
+            append_jsonl(self.run_dir / "metrics.jsonl",
+                         {"event": "diverged", "step": step, "loss": loss, "grad_norm": grad_norm})
+        raise TrainingDivergedError(
+            f"training diverged at step {step}: loss {loss}, gradient norm {grad_norm}; the run stopped before "
+            f"applying it (no adapter saved, no DONE). Lower training.learning_rate or check the data, then rerun "
+            f"with resume=true (from the last complete checkpoint) or output.overwrite=true")
 
 
 class TimeLimit(TrainerCallback):
@@ -135,7 +195,10 @@ class RunLifecycle:
     def attach(self, trainer: Any, evaluate: Callable[[Any], dict[str, Any]] | None = None, eval_steps: int = 0,
                log_extras: Callable[[], dict[str, Any]] | None = None,
                time_limit_minutes: float | None = None) -> None:
-        """Add the run callback (and a wall-time limit, single-process runs only) to `trainer`."""
+        """Add the run callback, the non-finite guard (and a wall-time limit, single-process runs only)."""
+        guard = FiniteGuard(self.run_dir)
+        guard.wrap(trainer)
+        trainer.add_callback(guard)  # before RunCallback: a NaN log record is written as "diverged", then it stops
         trainer.add_callback(RunCallback(self.run_dir, evaluate, eval_steps, log_extras))
         if time_limit_minutes:
             if self.state.num_processes > 1:
@@ -145,13 +208,20 @@ class RunLifecycle:
                 trainer.add_callback(TimeLimit(time_limit_minutes))
 
     def resume_checkpoint(self) -> Path | None:
-        """With `resume=true`: the newest COMPLETE checkpoint (half-written ones are moved aside first)."""
+        """With `resume=true`: the newest COMPLETE checkpoint (half-written ones are moved aside first).
+
+        metrics.jsonl loses the records logged after that checkpoint's step (they are logged again)."""
         if not self.recipe.resume:
             return None
         if self.is_main_process:
             discard_incomplete_checkpoints(self.run_dir)
         self.state.wait_for_everyone()
         checkpoint = latest_checkpoint(self.run_dir)
+        if self.is_main_process:
+            step = int(checkpoint.name.split("-")[1]) if checkpoint else 0
+            dropped = truncate_metrics(self.run_dir, step)
+            if dropped:
+                log.info("metrics.jsonl: dropped %d records logged after step %d", dropped, step)
         log.info("resuming from %s", checkpoint)
         return checkpoint
 
@@ -183,7 +253,13 @@ class RunLifecycle:
         atomic_write_json(self.run_dir / "eval.json", {**summary, **(eval_extra or {})})
         write_report(self.run_dir, title, summary, sections)
         atomic_write_text(self.run_dir / "DONE", time.strftime("%Y-%m-%dT%H:%M:%S\n"))
+        self.close()
         return self.run_dir
+
+    def close(self) -> None:
+        """Release the run directory's lock (main process; idempotent). `finish` calls it after DONE."""
+        if self.is_main_process:
+            release_run_lock(self.run_dir)
 
 
 def _join_run_dir(recipe: Recipe) -> Path:
@@ -193,4 +269,4 @@ def _join_run_dir(recipe: Recipe) -> Path:
     return run_dir
 
 
-__all__ = ["RunCallback", "RunLifecycle", "TimeLimit", "TrainOutcome"]
+__all__ = ["FiniteGuard", "RunCallback", "RunLifecycle", "TimeLimit", "TrainOutcome", "TrainingDivergedError"]

@@ -18,13 +18,14 @@ import torch
 from peft import get_peft_model
 from transformers import Trainer
 
-from ..config import Recipe, RecipeError, validate_params
+from ..config import Recipe, RecipeError, check_recipe_values, validate_params
 from ..models import LoadedModel, load_model
 from ..registry import RUN_KINDS, TASKS
 from ..tasks.base import Task
 from .convert import to_peft_config, to_training_arguments
 from .lifecycle import RunCallback, RunLifecycle
 from .report import markdown_table
+from .rundir import held_locks, release_run_lock
 
 log = logging.getLogger("adaptune")
 
@@ -145,7 +146,13 @@ def run_recipe(recipe: Recipe) -> Path:
     except KeyError:
         known = " or ".join(repr(k) for k in RUN_KINDS)
         raise RecipeError(f"{recipe.source_file}: kind must be {known}, got {recipe.kind!r}") from None
-    return run(recipe)
+    check_recipe_values(recipe)  # before the run directory is touched
+    before = held_locks()
+    try:
+        return run(recipe)
+    finally:  # a run that raised (diverged, bad task, ...) must not keep its run directory locked in this process
+        for run_dir in held_locks() - before:
+            release_run_lock(run_dir)
 
 
 __all__ = ["run_recipe", "run_adapter_recipe", "attach_adapter", "make_task", "load_for_recipe", "TaskTrainer",

@@ -22,7 +22,6 @@ With the adapter disabled both layers call the original module untouched, so out
 from __future__ import annotations
 
 import math
-from contextlib import ExitStack, contextmanager
 from typing import Any
 
 import torch
@@ -181,7 +180,8 @@ class FlexProjectorLayer(_FlexLayerMixin, nn.Module):
                                   f"{images} images: TokenFLEX uses one budget per call")
             budget = self._placeholders // images
         h, w = resolve_grid(budget, (side, side))
-        return projector(grid.to(projector.norm.weight.dtype), h, w)
+        # the projector computes in its own dtype (fp32 on a bf16 / fp16 base under PEFT's autocast), the LM in its own
+        return projector(grid.to(projector.norm.weight.dtype), h, w).to(features.dtype)
 
     def _default_tokens(self, features: torch.Tensor) -> int:
         side = math.isqrt(features.shape[1])
@@ -204,13 +204,19 @@ class _Capture(nn.Module):
         return x.new_zeros(x.shape[0] // self.unit, 0)
 
 
-@contextmanager
-def _swapped(parent: nn.Module, name: str, replacement: nn.Module):
-    original = parent._modules[name]
-    parent._modules[name] = replacement
-    try:
-        yield original
-    finally:
+def _swap_modules(swaps: list[tuple[nn.Module, str, nn.Module]]) -> list[nn.Module]:
+    """Put each replacement in place of `parent._modules[name]`; returns the originals (for `_restore_modules`).
+    Plain statements rather than a context manager: `torch.compile` (dynamo) cannot trace through
+    `@contextmanager` / `ExitStack` blocks here (Python 3.11 exception tables), it can through try / finally."""
+    originals = []
+    for parent, name, replacement in swaps:
+        originals.append(parent._modules[name])
+        parent._modules[name] = replacement
+    return originals
+
+
+def _restore_modules(swaps: list[tuple[nn.Module, str, nn.Module]], originals: list[nn.Module]) -> None:
+    for (parent, name, _), original in zip(swaps, originals):
         parent._modules[name] = original
 
 
@@ -247,11 +253,14 @@ class FlexVisionTowerLayer(_FlexLayerMixin, nn.Module):
         unit = self.merge * self.merge
         merger_capture = _Capture(unit)
         taps = [_Capture(unit) for _ in getattr(base, "deepstack_merger_list", [])]
-        with ExitStack() as stack:
-            stack.enter_context(_swapped(base, "merger", merger_capture))
-            deepstack_mergers = [stack.enter_context(_swapped(base.deepstack_merger_list, str(i), tap))
-                                 for i, tap in enumerate(taps)]
+        swaps = [(base, "merger", merger_capture)]
+        swaps += [(base.deepstack_merger_list, str(i), tap) for i, tap in enumerate(taps)]
+        originals = _swap_modules(swaps)
+        try:
             out = base(hidden_states, grid_thw=real, **kwargs)
+        finally:
+            _restore_modules(swaps, originals)
+        deepstack_mergers = originals[1:]
         patches = merger_capture.inputs[-1]
         window_index = self._window_index(real) if self.windowed else None
         if window_index is not None:
@@ -264,7 +273,7 @@ class FlexVisionTowerLayer(_FlexLayerMixin, nn.Module):
             resolve_grid((h, w), (height, width))  # raises BudgetError when the budget does not fit the image
             n = height * width
             grid = merge_order_to_grid(patches[offset:offset + n], height, width, self.merge)
-            tokens.append(projector(grid[None].to(dtype), h, w)[0])
+            tokens.append(projector(grid[None].to(dtype), h, w)[0].to(patches.dtype))
             for k, (tap, merger) in enumerate(zip(taps, deepstack_mergers)):
                 tap_tokens[k].append(self._deepstack(tap.inputs[-1][offset:offset + n], merger, height, width, h, w))
             offset += n

@@ -23,6 +23,7 @@ from torch import nn
 
 from ...budget.inputs import BudgetCall, add_budget_listener, image_token_id, remove_budget_listener  # noqa: F401
 from ...models import detect_family
+from .._peft_ext import restore_base_module, roll_back_on_failure
 from .config import FlexProjectorConfig
 from .layer import FlexProjectorLayer, FlexVisionTowerLayer, _FlexLayerMixin
 
@@ -105,9 +106,10 @@ class FlexProjectorModel(BaseTuner):
 
     def inject_adapter(self, model: nn.Module, adapter_name: str, autocast_adapter_dtype: bool = True,
                        low_cpu_mem_usage: bool = False, state_dict: dict[str, torch.Tensor] | None = None) -> None:
-        self._resolve_config(model, self.peft_config[adapter_name])
-        super().inject_adapter(model, adapter_name, autocast_adapter_dtype=autocast_adapter_dtype,
-                               low_cpu_mem_usage=low_cpu_mem_usage, state_dict=state_dict)
+        with roll_back_on_failure(self, model, adapter_name):
+            self._resolve_config(model, self.peft_config[adapter_name])
+            super().inject_adapter(model, adapter_name, autocast_adapter_dtype=autocast_adapter_dtype,
+                                   low_cpu_mem_usage=low_cpu_mem_usage, state_dict=state_dict)
         install_flex_hooks(model)
 
     def _create_and_replace(self, peft_config: FlexProjectorConfig, adapter_name: str, target: nn.Module,
@@ -127,6 +129,15 @@ class FlexProjectorModel(BaseTuner):
         self._replace_module(parent, target_name, layer, target)
 
     # ---------------------------------------------------------------------------------------- merge / unload
+    def set_adapter(self, adapter_name: str | list[str], inference_mode: bool = False) -> None:
+        """Activate one adapter. Several at once are refused here, before any forward: each replaces the same
+        projector."""
+        names = [adapter_name] if isinstance(adapter_name, str) else list(adapter_name)
+        if len(names) > 1:
+            raise ValueError(f"TokenFLEX supports one active adapter at a time, got {names}: each adapter replaces the "
+                             "same projector. Activate one with set_adapter(name)")
+        super().set_adapter(adapter_name, inference_mode=inference_mode)
+
     def _check_merge_allowed(self) -> None:
         raise NotImplementedError(
             "TokenFLEX cannot be merged into the base weights: it replaces the projector with a different module. "
@@ -142,9 +153,7 @@ class FlexProjectorModel(BaseTuner):
 
     # ---------------------------------------------------------------------------------------- state dict keys
     def _replace_module(self, parent: nn.Module, child_name: str, new_module: nn.Module, child: nn.Module) -> None:
-        if isinstance(child, _FlexLayerMixin) and new_module is child.get_base_layer():
-            # unload: put the original module back as it was
-            setattr(parent, child_name, new_module)
+        if restore_base_module(parent, child_name, new_module, child):  # unload: the original module, untouched
             return
         super()._replace_module(parent, child_name, new_module, child)
 

@@ -23,6 +23,7 @@ import torch
 from peft.tuners.tuners_utils import BaseTuner
 from torch import nn
 
+from .._peft_ext import roll_back_on_failure
 from ..seg_adapter.clipseg_forward import install_grad_forward, uninstall_grad_forward
 from .config import MaskTuningConfig
 from .layer import SUPPORTED_LAYERS, MaskTuningLayer
@@ -99,6 +100,10 @@ class MaskTuningModel(BaseTuner):
                 for name in self.targeted_module_names
             }
         install_grad_forward(model)
+
+    def inject_adapter(self, model: nn.Module, adapter_name: str, **kwargs: Any) -> None:
+        with roll_back_on_failure(self, model, adapter_name):
+            super().inject_adapter(model, adapter_name, **kwargs)
 
     def _create_and_replace(self, peft_config: MaskTuningConfig, adapter_name: str, target: nn.Module,
                             target_name: str, parent: nn.Module, current_key: str, **_: Any) -> None:

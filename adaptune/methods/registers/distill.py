@@ -202,7 +202,7 @@ class TargetCache:
         for i, key in enumerate(keys):
             path = self.directory / f"{key}.pt"
             if path.exists():
-                found[i] = torch.load(path, map_location=pixel_values.device)
+                found[i] = torch.load(path, map_location=pixel_values.device, weights_only=True)
         missing = [i for i in range(len(keys)) if i not in found]
         if missing:
             fresh = denoised_target(model, family, pixel_values[missing], views, fill)

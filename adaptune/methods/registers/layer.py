@@ -32,8 +32,15 @@ class ParamBank(nn.Module):
             name.replace(".", "__"): nn.Parameter(module.get_parameter(name).detach().clone()) for name in names
         })
 
-    def overrides(self) -> dict[str, torch.Tensor]:
-        return {key.replace("__", "."): value for key, value in self.params.items()}
+    def overrides(self, module: nn.Module) -> dict[str, torch.Tensor]:
+        """The copies keyed by dotted name, each cast (differentiably) to the dtype of the parameter it replaces: PEFT
+        keeps adapter weights in fp32 on a bf16 / fp16 base (`autocast_adapter_dtype`), the base runs in its own."""
+        out = {}
+        for key, value in self.params.items():
+            name = key.replace("__", ".")
+            original = module.get_parameter(name)
+            out[name] = value if value.dtype == original.dtype else value.to(original.dtype)
+        return out
 
 
 class _RegisterLayerMixin(BaseTunerLayer):
@@ -57,10 +64,27 @@ class _RegisterLayerMixin(BaseTunerLayer):
         return active[0] if active else None
 
     def _run_base(self, adapter: str, args: tuple, kwargs: dict) -> Any:
-        overrides = self.reg_unlocked[adapter].overrides()
+        base = self.base_layer
+        overrides = self.reg_unlocked[adapter].overrides(base)
         if not overrides:
-            return self.base_layer(*args, **kwargs)
-        return functional_call(self.base_layer, overrides, args, kwargs)
+            return base(*args, **kwargs)
+        if not (getattr(base, "gradient_checkpointing", False) and base.training and torch.is_grad_enabled()):
+            return functional_call(base, overrides, args, kwargs)
+        # Gradient checkpointing (transformers' `GradientCheckpointingLayer`) would recompute the block at backward
+        # time with the original weights: `functional_call` has undone the swap by then. Checkpoint the swapped call
+        # as a whole instead, with the copies as explicit inputs (so the reentrant mode reaches them too) and the
+        # block's own checkpointing off inside.
+        names = list(overrides)
+
+        def swapped(*flat: Any) -> Any:
+            weights, inner_args = dict(zip(names, flat[:len(names)])), flat[len(names):]
+            base.gradient_checkpointing = False
+            try:
+                return functional_call(base, weights, inner_args, kwargs)
+            finally:
+                base.gradient_checkpointing = True
+
+        return base._gradient_checkpointing_func(swapped, *overrides.values(), *args)
 
     def merge(self, safe_merge: bool = False, adapter_names: list[str] | None = None) -> None:
         raise NotImplementedError(

@@ -19,10 +19,11 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from peft.tuners.tuners_utils import BaseTuner
+from peft.tuners.tuners_utils import BaseTuner, BaseTunerLayer
 from torch import nn
 
 from ...models import detect_family, get_family
+from .._peft_ext import restore_base_module, roll_back_on_failure
 from .config import RegistersConfig
 from .layer import RegisterBlockLayer, RegisterEmbeddingLayer, _RegisterLayerMixin
 
@@ -37,17 +38,24 @@ _UNSUPPORTED = {
 _CONTAINERS = ("reg_tokens", "reg_unlocked")
 
 
+def _unwrapped(module: nn.Module | None) -> nn.Module | None:
+    """The original module under a tuner layer (a second adapter is resolved on an already wrapped ViT)."""
+    return module.get_base_layer() if isinstance(module, BaseTunerLayer) else module
+
+
 def find_vit(model: nn.Module, family: str) -> dict[str, Any]:
-    """Paths and facts of the ViT inside `model`: embeddings, last block, prefix tokens, sizes."""
+    """Paths and facts of the ViT inside `model` (seen through any tuner layers already wrapping it): embeddings,
+    last block, prefix tokens, sizes, and the names of the parameters `unlock` copies."""
     spec = get_family(family)
     root_path = spec.vision_path
     root = model.get_submodule(root_path) if root_path else model
-    embeddings = getattr(root, "embeddings", None)
+    embeddings = _unwrapped(getattr(root, "embeddings", None))
     encoder = getattr(root, "encoder", None)
     blocks = next((getattr(encoder, n) for n in ("layers", "layer") if isinstance(getattr(encoder, n, None),
                                                                                   nn.ModuleList)), None)
     if embeddings is None or blocks is None or len(blocks) == 0:
         raise ValueError(f"could not find a ViT (embeddings + encoder blocks) under {root_path or 'the model'!r}")
+    last_block = _unwrapped(blocks[-1])
     prefix = f"{root_path}." if root_path else ""
     blocks_name = "layers" if isinstance(getattr(encoder, "layers", None), nn.ModuleList) else "layer"
     conv = [n for n, m in embeddings.named_modules() if isinstance(m, nn.Conv2d)]
@@ -60,7 +68,7 @@ def find_vit(model: nn.Module, family: str) -> dict[str, Any]:
         "patch_params": [n for n, _ in embeddings.named_parameters()
                          if any(n.startswith(f"{c}.") for c in conv)],
         "position_params": [n for n, _ in embeddings.named_parameters() if "position" in n],
-        "block_params": [n for n, _ in blocks[-1].named_parameters()],
+        "block_params": [n for n, _ in last_block.named_parameters()],
         "patch_size": int(getattr(root.config, "patch_size", 0) or 0),
     }
 
@@ -95,9 +103,10 @@ class RegistersModel(BaseTuner):
 
     def inject_adapter(self, model: nn.Module, adapter_name: str, autocast_adapter_dtype: bool = True,
                        low_cpu_mem_usage: bool = False, state_dict: dict[str, torch.Tensor] | None = None) -> None:
-        self._resolve_config(model, self.peft_config[adapter_name])
-        super().inject_adapter(model, adapter_name, autocast_adapter_dtype=autocast_adapter_dtype,
-                               low_cpu_mem_usage=low_cpu_mem_usage, state_dict=state_dict)
+        with roll_back_on_failure(self, model, adapter_name):
+            self._resolve_config(model, self.peft_config[adapter_name])
+            super().inject_adapter(model, adapter_name, autocast_adapter_dtype=autocast_adapter_dtype,
+                                   low_cpu_mem_usage=low_cpu_mem_usage, state_dict=state_dict)
 
     def _create_and_replace(self, peft_config: RegistersConfig, adapter_name: str, target: nn.Module,
                             target_name: str, parent: nn.Module, current_key: str,
@@ -124,6 +133,16 @@ class RegistersModel(BaseTuner):
                              "target_modules unset)")
         self._replace_module(parent, target_name, layer, target)
 
+    def set_adapter(self, adapter_name: str | list[str], inference_mode: bool = False) -> None:
+        """Activate one adapter. Several at once are refused here, before any forward: each inserts its own register
+        tokens and its own copies of the same weights."""
+        names = [adapter_name] if isinstance(adapter_name, str) else list(adapter_name)
+        if len(names) > 1:
+            raise ValueError(f"PH-Reg supports one active adapter at a time, got {names}: each adapter inserts its own "
+                             "register tokens and its own copies of the same weights. Activate one with "
+                             "set_adapter(name)")
+        super().set_adapter(adapter_name, inference_mode=inference_mode)
+
     def _check_merge_allowed(self) -> None:
         raise NotImplementedError(
             "PH-Reg cannot be merged into the base weights: register tokens are extra sequence positions. Keep the "
@@ -136,9 +155,7 @@ class RegistersModel(BaseTuner):
         return super()._unload_and_optionally_merge(merge=False, progressbar=progressbar)
 
     def _replace_module(self, parent: nn.Module, child_name: str, new_module: nn.Module, child: nn.Module) -> None:
-        if isinstance(child, _RegisterLayerMixin) and new_module is child.get_base_layer():
-            # unload: put the original module back as it was
-            setattr(parent, child_name, new_module)
+        if restore_base_module(parent, child_name, new_module, child):
             return
         super()._replace_module(parent, child_name, new_module, child)
 

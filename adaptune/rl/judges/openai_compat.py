@@ -2,14 +2,19 @@
 
 Why: VisionThink judges correctness with an LLM that runs as a service; a service times out, rate-limits, returns
 half a body or talks nonsense. This client survives all of that and reports what happened:
-- bounded concurrency (a semaphore per event loop) and a per-request timeout;
+- bounded concurrency (a semaphore per event loop) and a per-attempt DEADLINE in wall-clock time (`timeout_s`): it
+  covers connecting, sending and reading the whole body, so a server that trickles its reply a byte at a time is cut
+  off at the deadline like one that never answers;
+- a reply size cap (`max_response_bytes`, default 4 MiB): the body is streamed and the attempt stops reading as soon
+  as the cap is passed (counted as `oversized_responses`, not retried);
 - retries with exponential backoff and jitter on timeouts, connection errors, 408/429/5xx and broken bodies;
   `Retry-After` (seconds or an HTTP date) is honoured on 429/503, capped by `retry_after_max_s`;
 - identical items in a batch are judged once; parsed verdicts go to an on-disk SQLite cache (see cache.py);
 - a strict verdict parser (prompt.py): unparseable output is a failure, never a pass;
 - the API key is read from the environment variable named by `api_key_env` at request time. It is never stored on
   the judge or config, never logged, never cached, so it cannot appear in repr/str or in the cache file.
-Only the standard library is used (urllib in a small thread pool), so it runs wherever adaptune runs.
+Transport: `httpx2` (a base dependency; huggingface_hub needs it too), fully asyncio - no thread pool, so nothing is
+left running after a deadline and the interpreter exits as soon as the run does. One client per `score` call.
 
     # recipe (YAML)
     judge: {name: openai, base_url: "http://127.0.0.1:8000/v1", model: Qwen/Qwen3-1.7B,
@@ -23,16 +28,12 @@ Only the standard library is used (urllib in a small thread pool), so it runs wh
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import email.utils
-import http.client
 import json
 import logging
 import os
 import random
 import time
-import urllib.error
-import urllib.request
 import weakref
 from dataclasses import dataclass, field
 from typing import Any
@@ -57,7 +58,8 @@ class OpenAIJudgeConfig:
     model: str = field(default="gpt-4o", metadata={"help": "model name sent in each request"})
     api_key_env: str | None = field(default=None, metadata={"help": "env variable holding the key; None = no auth"})
     concurrency: int = field(default=8, metadata={"help": "requests in flight at once"})
-    timeout_s: float = field(default=30.0, metadata={"help": "per-request timeout"})
+    timeout_s: float = field(default=30.0, metadata={"help": "wall-clock deadline of one attempt, body included"})
+    max_response_bytes: int = field(default=4 * 1024 * 1024, metadata={"help": "larger replies are refused"})
     max_retries: int = field(default=3, metadata={"help": "retries after the first attempt"})
     backoff_base_s: float = field(default=0.5, metadata={"help": "first backoff; doubles per retry, with jitter"})
     backoff_max_s: float = field(default=30.0, metadata={"help": "largest backoff"})
@@ -70,8 +72,8 @@ class OpenAIJudgeConfig:
     trust_env: bool = field(default=True, metadata={"help": "honour http(s)_proxy / no_proxy variables"})
 
     def __post_init__(self) -> None:
-        if self.concurrency < 1 or self.timeout_s <= 0 or self.max_retries < 0:
-            raise ValueError("need concurrency >= 1, timeout_s > 0 and max_retries >= 0")
+        if self.concurrency < 1 or self.timeout_s <= 0 or self.max_retries < 0 or self.max_response_bytes < 1:
+            raise ValueError("need concurrency >= 1, timeout_s > 0, max_retries >= 0 and max_response_bytes >= 1")
 
 
 class _Attempt:
@@ -115,10 +117,6 @@ class OpenAIJudge(BaseJudge):
             raise ValueError(f"api_key_env names {config.api_key_env!r}, but that environment variable is not set")
         self.url = config.base_url.rstrip("/") + "/chat/completions"
         self.cache = VerdictCache(config.cache_path) if config.cache_path else None
-        handlers = [] if config.trust_env else [urllib.request.ProxyHandler({})]
-        self._opener = urllib.request.build_opener(*handlers)
-        # Twice the concurrency: a thread abandoned by a timeout must not starve the next request.
-        self._pool = concurrent.futures.ThreadPoolExecutor(2 * config.concurrency, thread_name_prefix="judge-http")
         self._semaphores: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
     def _semaphore(self) -> asyncio.Semaphore:
@@ -138,16 +136,27 @@ class OpenAIJudge(BaseJudge):
             unique.setdefault(key, item)
         if len(items) > len(unique):
             self.counters["deduplicated"] += len(items) - len(unique)
-        results = await asyncio.gather(*(self._judge_one(key, item) for key, item in unique.items()))
-        by_key = dict(zip(unique, results, strict=True))
-        return [by_key[key] for key in keys]
-
-    async def _judge_one(self, key: str, item: JudgeItem) -> Verdict:
-        if self.cache is not None:
-            hit = self.cache.get(key)
+        by_key: dict[str, Verdict] = {}
+        misses: dict[str, JudgeItem] = {}
+        for key, item in unique.items():
+            hit = self.cache.get(key) if self.cache is not None else None
             if hit is not None:
                 self.counters["cache_hits"] += 1
-                return Verdict(score=hit[0], raw=hit[1], cached=True)
+                by_key[key] = Verdict(score=hit[0], raw=hit[1], cached=True)
+            else:
+                misses[key] = item
+        if misses:  # one client per call: it lives on this call's event loop and is closed before returning
+            import httpx2
+
+            cfg = self.config
+            limits = httpx2.Limits(max_connections=cfg.concurrency, max_keepalive_connections=cfg.concurrency)
+            async with httpx2.AsyncClient(timeout=httpx2.Timeout(cfg.timeout_s), limits=limits,
+                                          trust_env=cfg.trust_env, follow_redirects=False) as client:
+                results = await asyncio.gather(*(self._judge_one(client, key, item) for key, item in misses.items()))
+            by_key.update(zip(misses, results, strict=True))
+        return [by_key[key] for key in keys]
+
+    async def _judge_one(self, client: Any, key: str, item: JudgeItem) -> Verdict:
         cfg = self.config
         body = {
             "model": cfg.model,
@@ -159,14 +168,11 @@ class OpenAIJudge(BaseJudge):
         }
         payload = json.dumps(body).encode("utf-8")
         error = "no attempt made"
-        loop = asyncio.get_running_loop()
         for attempt in range(cfg.max_retries + 1):
             async with self._semaphore():
                 self.counters["requests"] += 1
-                try:
-                    outcome = await asyncio.wait_for(
-                        loop.run_in_executor(self._pool, self._post, payload), timeout=cfg.timeout_s
-                    )
+                try:  # the deadline covers the whole attempt: connect, send, and every byte of the body
+                    outcome = await asyncio.wait_for(self._post(client, payload), timeout=cfg.timeout_s)
                 except asyncio.TimeoutError:
                     outcome = _Attempt("timeout")
             if outcome.kind == "ok":
@@ -179,7 +185,7 @@ class OpenAIJudge(BaseJudge):
                 return Verdict(score, raw=outcome.text)
             self.counters[_counter_name(outcome)] += 1
             error = _describe(outcome)
-            retryable = outcome.kind != "http" or outcome.status in RETRY_STATUS
+            retryable = outcome.kind not in ("http", "oversized") or outcome.status in RETRY_STATUS
             if not retryable or attempt == cfg.max_retries:
                 break
             self.counters["retries"] += 1
@@ -197,26 +203,34 @@ class OpenAIJudge(BaseJudge):
         ceiling = min(cfg.backoff_max_s, cfg.backoff_base_s * 2**attempt)
         return ceiling / 2 + random.uniform(0, ceiling / 2)  # "equal jitter": never zero, never in lockstep
 
-    def _post(self, payload: bytes) -> _Attempt:
-        """One blocking HTTP attempt (runs in the thread pool). Reads the key from the environment right here."""
+    async def _post(self, client: Any, payload: bytes) -> _Attempt:
+        """One HTTP attempt, streamed so that the size cap holds. Reads the key from the environment right here."""
+        import httpx2
+
         headers = {"Content-Type": "application/json", "Accept": "application/json"}
         if self.config.api_key_env:
             headers["Authorization"] = "Bearer " + os.environ.get(self.config.api_key_env, "")
-        request = urllib.request.Request(self.url, data=payload, headers=headers, method="POST")
+        cap = self.config.max_response_bytes
         try:
-            with self._opener.open(request, timeout=self.config.timeout_s) as response:
-                raw = response.read()
-        except urllib.error.HTTPError as exc:
-            retry_after = parse_retry_after(exc.headers.get("Retry-After") if exc.headers else None)
-            exc.close()
-            return _Attempt("http", exc.code, retry_after=retry_after)
-        except TimeoutError:  # socket.timeout is an alias since 3.10
+            async with client.stream("POST", self.url, content=payload, headers=headers) as response:
+                if response.status_code >= 400:
+                    return _Attempt("http", response.status_code,
+                                    retry_after=parse_retry_after(response.headers.get("Retry-After")))
+                declared = response.headers.get("Content-Length")
+                if declared is not None and declared.strip().isdigit() and int(declared) > cap:
+                    return _Attempt("oversized", text=f"declared {int(declared)} bytes")
+                chunks, size = [], 0
+                async for chunk in response.aiter_bytes():
+                    size += len(chunk)
+                    if size > cap:
+                        return _Attempt("oversized", text=f"more than {cap} bytes")
+                    chunks.append(chunk)
+                raw = b"".join(chunks)
+        except httpx2.TimeoutException:
             return _Attempt("timeout")
-        except urllib.error.URLError as exc:
-            if isinstance(exc.reason, TimeoutError):
-                return _Attempt("timeout")
-            return _Attempt("connection", text=type(exc.reason).__name__)
-        except (http.client.HTTPException, ConnectionError, OSError) as exc:
+        except (httpx2.TransportError, OSError) as exc:
+            return _Attempt("connection", text=type(exc).__name__)
+        except httpx2.HTTPError as exc:
             return _Attempt("connection", text=type(exc).__name__)
         try:
             content = json.loads(raw.decode("utf-8"))["choices"][0]["message"]["content"]
@@ -227,7 +241,6 @@ class OpenAIJudge(BaseJudge):
         return _Attempt("ok", 200, content)
 
     def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
         if self.cache is not None:
             self.cache.close()
 
@@ -237,6 +250,7 @@ def _counter_name(outcome: _Attempt) -> str:
         "timeout": "timeouts",
         "connection": "connection_errors",
         "invalid": "invalid_responses",
+        "oversized": "oversized_responses",
     }.get(outcome.kind, f"http_{outcome.status}")
 
 
@@ -245,4 +259,6 @@ def _describe(outcome: _Attempt) -> str:
         return f"HTTP {outcome.status}"
     if outcome.kind == "connection":
         return f"connection error ({outcome.text})"
-    return {"timeout": "timeout", "invalid": "response body is not a chat completion"}[outcome.kind]
+    if outcome.kind == "oversized":
+        return f"reply larger than max_response_bytes ({outcome.text})"
+    return {"timeout": "timeout (deadline passed)", "invalid": "response body is not a chat completion"}[outcome.kind]

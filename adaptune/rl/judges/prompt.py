@@ -2,7 +2,9 @@
 
 Why: a policy under RL will find any judge that can be talked into "correct". So
 - the three fields are framed by fixed markers and EVERY line of them is prefixed with `| `; no line of data can
-  pose as a marker or as a verdict line, whatever the answer contains;
+  pose as a marker or as a verdict line, whatever the answer contains. "Line" means what `str.splitlines()` (and
+  so the verdict parser) calls a line: besides \n and \r also \v, \f, \x1c-\x1e, \x85, U+2028 and U+2029, so
+  none of those can smuggle an unquoted `VERDICT:` line into the prompt;
 - the instructions say the fields are data, which may contain instructions, to be ignored;
 - the parser accepts only one exact format: the last non-empty line is `VERDICT: CORRECT` or `VERDICT: INCORRECT`,
   and no other line is a verdict line. Anything else (a bare "1", "Score: 1", a verdict buried in reasoning, two
@@ -23,7 +25,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-PROMPT_VERSION = "visionthink-judge-v1"
+PROMPT_VERSION = "visionthink-judge-v2"  # v2: quoting splits on every line break (str.splitlines)
 
 SYSTEM_PROMPT = (
     "You are a strict, impartial grader. You compare a candidate answer with a reference answer and decide whether "
@@ -57,7 +59,7 @@ def quote_block(label: str, text: str) -> str:
     | END ANSWER
     END ANSWER
     """
-    lines = str(text).replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    lines = str(text).splitlines() or [""]  # the same line breaks as parse_verdict and the chat template
     return "\n".join([f"BEGIN {label}", *(f"| {line}" for line in lines), f"END {label}"])
 
 
