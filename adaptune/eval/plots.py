@@ -31,10 +31,12 @@ def plot_pareto(rows: list[dict[str, Any]], path: Path, title: str = "accuracy v
         groups.setdefault(str(r.get("group") or r.get("name", "")), []).append(i)
     fig, ax = plt.subplots(figsize=(7, 4.6))
     markers = "osD^v<>ph*"
+    colors = plt.get_cmap("tab20").colors
     for k, (name, idx) in enumerate(groups.items()):
         idx = sorted(idx, key=lambda i: pts[i][0])
         xs, ys = [pts[i][0] for i in idx], [pts[i][1] for i in idx]
-        ax.plot(xs, ys, marker=markers[k % len(markers)], ms=5, lw=1.2 if len(idx) > 1 else 0, label=name)
+        ax.plot(xs, ys, marker=markers[k % len(markers)], ms=5, lw=1.2 if len(idx) > 1 else 0, label=name,
+                color=colors[(2 * k) % 20 + (2 * k) // 20 % 2])
         if len(idx) == 1:
             ax.annotate(name, (xs[0], ys[0]), fontsize=7, xytext=(3, 3), textcoords="offset points")
     front = pareto_front(pts)
