@@ -2,13 +2,15 @@
 # make test       the fast test suite (minutes on 2 CPU cores)
 # make test-slow  end-to-end checks (shortened builds, GRPO runs, servers, the notebook)
 # make bench      benchmarks that print ratios measured side by side
+# make mutate     mutation testing of the core modules (mutmut; long), a score per module in runs/mutation/scores.json
+#                 (one module: make mutate MODULES=rewards; the list: python tools/mutate.py --list)
 # make demo-rl    VisionThink on the default: label the RL questions, GRPO (14 min cap), held-out report
 VENV ?= .venv
 PY := $(VENV)/bin/python
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: env demo demo-rl test test-slow bench clean
+.PHONY: env demo demo-rl test test-slow bench mutate clean
 env:
 	@bash tools/bootstrap.sh
 
@@ -32,6 +34,9 @@ test-slow: env
 
 bench: env
 	$(PY) benchmarks/run_all.py
+
+mutate: env
+	$(PY) tools/mutate.py $(MODULES)
 
 clean:
 	rm -rf runs .pytest_cache

@@ -59,8 +59,11 @@ def base_fingerprint(model: torch.nn.Module) -> dict[str, Any]:
     return flat
 
 
-def save_adapter(model: Any, path: str | Path) -> Path:
-    """`model.save_pretrained` into `path` atomically, with adaptune metadata."""
+def save_adapter(model: Any, path: str | Path, state_dict: dict[str, Any] | None = None) -> Path:
+    """`model.save_pretrained` into `path` atomically, with adaptune metadata.
+
+    `state_dict`: the whole model's weights gathered across processes (`accelerator.get_state_dict`, what a sharded
+    FSDP / ZeRO-3 run needs); PEFT picks the adapter's tensors out of it. None: the module's own weights."""
     path = Path(path)
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     try:
@@ -68,7 +71,7 @@ def save_adapter(model: Any, path: str | Path) -> Path:
     except ValueError:
         family = None
     with atomic_dir(path) as tmp:
-        model.save_pretrained(tmp)
+        model.save_pretrained(tmp, **({"state_dict": state_dict} if state_dict is not None else {}))
         sums = {}
         if (tmp / WEIGHTS).exists():
             from safetensors.torch import load_file

@@ -269,14 +269,21 @@ def test_recipe_runs_under_accelerate_ddp_cpu(tmp_path):
     path = tmp_path / "recipe.yaml"
     path.write_text(yaml.safe_dump(data))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRL_EXPERIMENTAL_SILENCE": "1"}
+    # tests/multiproc_run.py runs the recipe as `adaptune train` does and records, per rank and outside the run
+    # directory, the world size, the optimizer steps and every write into the run directory
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-           str(ROOT / "recipes/accelerate/ddp_cpu.yaml"), "-m", "adaptune.cli", "train", str(path)]
+           str(ROOT / "recipes/accelerate/ddp_cpu.yaml"), str(ROOT / "tests/multiproc_run.py"), str(tmp_path / "spy"),
+           str(path)]
+    env["PYTHONPATH"] = str(ROOT)
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     run_dir = tmp_path / "run"
     assert (run_dir / "DONE").exists() and (run_dir / "adapter" / "adapter_model.safetensors").exists()
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if r["event"] == "train" and "reward" in r] == [1, 2]
+    from test_scale_out import check_ranks
+
+    check_ranks(tmp_path / "spy", data["name"], run_dir, steps=2)  # world of 2, both stepped, only rank 0 wrote
 
 
 def test_adaptune_eval_on_a_grpo_run(tmp_path, one_thread):

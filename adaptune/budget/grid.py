@@ -70,8 +70,9 @@ def budget_tokens(budget: Budget) -> int:
 class BudgetSampler:
     """Draws one budget per call from `budgets` with relative `weights`, reproducibly from `seed`.
 
-        sampler = BudgetSampler([4, 9, 16], [2, 3, 5], seed=0)
-        sampler()   # -> 16, 9, 16, 4, ...
+    >>> sampler = BudgetSampler([4, 9, 16], [2, 3, 5], seed=0)
+    >>> [sampler() for _ in range(6)]
+    [16, 16, 9, 9, 16, 9]
     """
 
     def __init__(self, budgets: Sequence[int], weights: Sequence[float] | None = None, seed: int = 0) -> None:

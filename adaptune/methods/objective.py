@@ -134,6 +134,75 @@ def unwrap_model(model: nn.Module) -> nn.Module:
     return model
 
 
+def is_parallel_wrapper(model: nn.Module) -> bool:
+    """Whether calling `model` does work that calling the module inside it does not: DDP (gradient all-reduce is armed
+    in its forward), FSDP 1 (unshards the root's parameters) or an FSDP 2 / ZeRO-3 root (hooks on `__call__`)."""
+    if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
+        return True
+    try:
+        from torch.distributed.fsdp import FullyShardedDataParallel
+    except ImportError:  # pragma: no cover - torch without distributed
+        return False
+    if isinstance(model, FullyShardedDataParallel):
+        return True
+    try:
+        from torch.distributed.fsdp import FSDPModule
+    except ImportError:  # pragma: no cover - torch < 2.6
+        return False
+    return isinstance(model, FSDPModule) or type(model).__name__ == "DeepSpeedEngine"
+
+
+def forward_through(model: nn.Module, fn: Callable[[nn.Module], Any]) -> Any:
+    """`fn(unwrapped)` run INSIDE the forward of `model`'s parallel wrapper, so the wrapper does its per-forward work.
+
+    Tasks and objectives call model methods that are not `forward` (`get_image_features`, `generate`, PEFT's
+    `disable_adapter`) on the unwrapped model (`unwrap_model`: a PeftModel stays one, so "is this a PEFT model"
+    checks hold). Calling those on a DDP wrapper fails (the wrapper has no such attribute), and calling them on the
+    module inside it skips DDP's forward, which arms the gradient all-reduce: the ranks would silently train apart.
+    So here the wrapper is called with the inner module's `forward` swapped for `fn` for that one call; without a
+    wrapper (one process, or a torch.compile wrapper only) `fn(unwrapped)` is called directly.
+    """
+    inner = unwrap_model(model)
+    if not is_parallel_wrapper(model):
+        return fn(inner)
+    # DDP / FSDP 1 / DeepSpeed call `.module` in their forward; an FSDP 2 root is the module itself (hooks on __call__)
+    target = model.module if isinstance(getattr(model, "module", None), nn.Module) else model
+    result: dict[str, Any] = {}
+    had = "forward" in vars(target)
+    saved = vars(target).get("forward")
+
+    def restore() -> None:
+        if had:
+            target.forward = saved
+        elif "forward" in vars(target):
+            del target.forward
+
+    def forward(*args: Any, **kwargs: Any) -> Any:
+        restore()  # one call only: the task's own `model(**batch)` inside fn must reach the real forward
+        result["value"] = fn(inner)
+        return _tensors_of(result["value"])
+
+    target.forward = forward
+    try:
+        # one placeholder argument: FSDP 2's root pre-forward moves (args, kwargs) to the device and indexes them
+        model(torch.zeros(()))
+    finally:
+        restore()
+    return result["value"]
+
+
+def _tensors_of(value: Any) -> Any:
+    """The tensors in `value` (a tensor, a tuple whose first item is the loss, a TaskLoss) for DDP's unused-parameter
+    search, which walks the autograd graph from the forward's outputs."""
+    if isinstance(value, torch.Tensor):
+        return value
+    if isinstance(value, (tuple, list)):
+        return [v for v in value if isinstance(v, torch.Tensor)]
+    if isinstance(value, TaskLoss):
+        return [v for v in (value.loss, value.logits) if isinstance(v, torch.Tensor)]
+    return []
+
+
 def active_method(model: nn.Module) -> tuple[Any, Any] | None:
     """(MethodInfo, config) of the active adaptune adapter on `model` (wrappers unwrapped), or None (no adapter,
     or a PEFT method adaptune does not register, such as LoRA)."""

@@ -111,9 +111,10 @@ def tiny_qwen3_vl(seed: int = 0, text: dict | None = None, vision: dict | None =
     return _seeded(seed, lambda: Qwen3VLForConditionalGeneration(config)), processor
 
 
-def tiny_qwen2_5_vl(seed: int = 0, text: dict | None = None, vision: dict | None = None, tokenizer=None):
+def tiny_qwen2_5_vl(seed: int = 0, text: dict | None = None, vision: dict | None = None, tokenizer=None,
+                    max_pixels: int = 224 * 224):
     """Qwen2.5-VL: patch 14 with 2x2 merging (28 px per visual token), windowed vision attention."""
-    processor = qwen_vl_processor(14, tokenizer, max_pixels=224 * 224, qwen3=False)
+    processor = qwen_vl_processor(14, tokenizer, max_pixels=max_pixels, qwen3=False)
     tok = processor.tokenizer
     text_cfg = _qwen_text(len(tok), text, tok.eos_token_id, tok.pad_token_id)
     vision_cfg = _merge(dict(

@@ -21,7 +21,7 @@ from typing import Any
 
 from ..config import Recipe
 from ..registry import RUN_KINDS
-from ..train.lifecycle import RunLifecycle
+from ..train.lifecycle import RunLifecycle, gathered, is_sharded
 from ..utils.io import append_jsonl, atomic_write_text
 from .report import evaluate_policy, report_sections
 from .rewards import DroppedGroupsError
@@ -47,9 +47,10 @@ def run_grpo_recipe(recipe: Recipe) -> Path:
                 atomic_write_text(life.run_dir / "ABORTED", f"{exc}\n")
             raise
         train_seconds, steps_run = outcome.seconds, outcome.steps_run
-    if not life.is_main_process:
+    model = life.save_adapter(trainer)  # every process: sharded weights are gathered
+    sharded = is_sharded(trainer.model_wrapped)
+    if not life.is_main_process and not sharded:  # a replicated policy is evaluated by the main process alone
         return life.run_dir
-    model = life.save_adapter(trainer.model)
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
     summary: dict[str, Any] = {
         "method": recipe.adapter.method, "family": parts.loaded.family.name, "model": recipe.model.source,
@@ -62,8 +63,11 @@ def run_grpo_recipe(recipe: Recipe) -> Path:
     }
     evaluation: dict[str, Any] = {}
     if parts.plan.eval.enabled:
-        evaluation = evaluate_policy(model, parts.loaded, parts.plan)
+        with gathered(trainer.model_wrapped if sharded else None):  # every rank, when the weights are sharded
+            evaluation = evaluate_policy(model, parts.loaded, parts.plan)
         summary.update(evaluation.get("headline", {}))
+    if not life.is_main_process:
+        return life.run_dir
     summary["wall_seconds"] = life.elapsed()
     return life.finish(f"Run {recipe.name} (VisionThink GRPO)", summary, step=trainer.state.global_step,
                        final=evaluation.get("headline", {}), eval_extra={"evaluation": evaluation},

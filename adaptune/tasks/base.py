@@ -34,6 +34,18 @@ from ..methods.objective import BUDGET, IMAGES, LOGITS, LOSS, TaskLoss  # noqa: 
 from ..models import LoadedModel
 
 
+def model_device(model: torch.nn.Module) -> torch.device:
+    """The device of `model`'s parameters (CPU for a model without any): where evaluation batches must go."""
+    return next((p.device for p in model.parameters()), torch.device("cpu"))
+
+
+def on_device(batch: dict[str, Any], model: torch.nn.Module) -> dict[str, Any]:
+    """`batch` with its tensors on `model`'s device (evaluation builds batches itself; the trainer moves only its
+    own)."""
+    device = model_device(model)
+    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
 @dataclass
 class NoParams:
     """For tasks without parameters."""

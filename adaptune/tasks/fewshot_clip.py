@@ -26,11 +26,11 @@ import torch.nn.functional as F
 from PIL import Image
 
 from ..registry import TASKS
-from .base import LOGITS, Task, TaskLoss
+from .base import LOGITS, Task, TaskLoss, model_device, on_device
 
 
 def image_embeddings(model: torch.nn.Module, pixel_values: torch.Tensor) -> torch.Tensor:
-    out = model.get_image_features(pixel_values=pixel_values)
+    out = model.get_image_features(pixel_values=pixel_values.to(model_device(model)))
     features = out if isinstance(out, torch.Tensor) else out.pooler_output
     return F.normalize(features, dim=-1)
 
@@ -38,7 +38,7 @@ def image_embeddings(model: torch.nn.Module, pixel_values: torch.Tensor) -> torc
 @torch.no_grad()
 def prompt_embeddings(model: torch.nn.Module, tokenizer: Any, prompts: list[str]) -> torch.Tensor:
     """Normalised text embeddings of `prompts` (one row per class)."""
-    tokens = tokenizer(prompts, padding=True, return_tensors="pt")
+    tokens = on_device(dict(tokenizer(prompts, padding=True, return_tensors="pt")), model)
     out = model.get_text_features(input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"])
     features = out if isinstance(out, torch.Tensor) else out.pooler_output
     return F.normalize(features, dim=-1)
@@ -47,7 +47,8 @@ def prompt_embeddings(model: torch.nn.Module, tokenizer: Any, prompts: list[str]
 def clip_logits(model: torch.nn.Module, pixel_values: torch.Tensor, text_embeds: torch.Tensor) -> torch.Tensor:
     """logit_scale * cosine similarity between the images and every class prompt: (B, num_classes)."""
     scale = model.logit_scale.exp() if hasattr(model, "logit_scale") else torch.tensor(100.0)
-    return scale * image_embeddings(model, pixel_values) @ text_embeds.to(pixel_values.device).T
+    images = image_embeddings(model, pixel_values)
+    return scale.to(images.device) * images @ text_embeds.to(images.device).T
 
 
 def random_resized_crop_flip(image: Image.Image, rng: np.random.Generator, scale: tuple[float, float] = (0.5, 1.0),
@@ -152,7 +153,8 @@ class FewShotCLIPTask(Task):
         correct = 0
         for start in range(0, n, self.params.eval_batch_size):
             batch = self.encode([rows[i] for i in range(start, min(n, start + self.params.eval_batch_size))])
-            correct += int((clip_logits(model, batch["pixel_values"], text).argmax(-1) == batch["labels"]).sum())
+            predicted = clip_logits(model, batch["pixel_values"], text).argmax(-1).cpu()
+            correct += int((predicted == batch["labels"].cpu()).sum())
         model.train(was_training)
         metrics: dict[str, Any] = {"accuracy": correct / max(n, 1), "n": n}
         share = masked_share(model)

@@ -34,7 +34,7 @@ from ..methods.registers import RegistersConfig
 from ..methods.registers import diagnostics as diag
 from ..methods.registers.distill import Distiller, TargetCache, patch_features, teacher_context
 from ..registry import TASKS
-from .base import IMAGES, LOSS, Task, TaskLoss
+from .base import IMAGES, LOSS, Task, TaskLoss, model_device
 
 _IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 
@@ -141,7 +141,8 @@ class RegisterDistillTask(Task):
             return
         rows = self.datasets()["train"]
         for start in range(0, len(rows), self.params.eval_batch_size):
-            self.targets(model, self.collate(rows[start:start + self.params.eval_batch_size])["pixel_values"])
+            pixels = self.collate(rows[start:start + self.params.eval_batch_size])["pixel_values"]
+            self.targets(model, pixels.to(model_device(model)))
 
     @torch.no_grad()
     def _features(self, model: torch.nn.Module, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
@@ -150,6 +151,7 @@ class RegisterDistillTask(Task):
         model.eval()
         for start in range(0, len(rows), self.params.eval_batch_size):
             pixels = self.collate(rows[start:start + self.params.eval_batch_size])["pixel_values"]
+            pixels = pixels.to(model_device(model))
             parts["target"].append(self.targets(model, pixels))
             parts["student"].append(patch_features(model, self.family, pixels))
             with teacher_context(model):

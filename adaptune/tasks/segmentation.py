@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from ..registry import TASKS
-from .base import LOGITS, Task, TaskLoss
+from .base import LOGITS, Task, TaskLoss, on_device
 
 
 def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = 1.0) -> torch.Tensor:
@@ -148,7 +148,8 @@ class SegmentationTask(Task):
         model.eval()
         dices, ious = [], []
         for start in range(0, n, self.params.eval_batch_size):
-            batch = self.collate([rows[i] for i in range(start, min(n, start + self.params.eval_batch_size))])
+            rows_now = [rows[i] for i in range(start, min(n, start + self.params.eval_batch_size))]
+            batch = on_device(self.collate(rows_now), model)
             pred = torch.sigmoid(mask_logits(model, batch)) > self.params.threshold
             dice, iou = dice_iou(pred, batch["labels"] > 0.5)
             dices.append(dice)

@@ -5,8 +5,16 @@ checks it and holds its lock until `finish`, the other processes of an `accelera
 `config.yaml`, set the seed, attach the callback that appends `metrics.jsonl` and marks finished checkpoints COMPLETE
 (plus optional mid-run evaluation, extra logged scalars and a wall-time limit) and the guard that stops the run at the
 first non-finite loss or gradient norm (`TrainingDivergedError`, nothing saved), resume from the newest COMPLETE
-checkpoint (metrics logged after it are dropped), save the unwrapped adapter (non-finite weights refused), then write
-the final metrics record, `eval.json`, `report.md` and `DONE`.
+checkpoint (metrics logged after it are dropped), save the adapter (weights gathered from every process through the
+trainer's accelerator, so FSDP / ZeRO-3 shards are whole; non-finite weights refused), then write the final metrics
+record, `eval.json`, `report.md` and `DONE`.
+
+Processes: only the main process creates, writes or deletes anything in the run directory (the other ranks write
+nothing there but the trainer's own per-rank RNG state inside checkpoints, `rng_state_<rank>.pth`, which resuming them
+needs). Tasks, objectives and evaluation get the unwrapped model (`adaptune.methods.objective.unwrap_model`;
+`forward_through` runs the training loss inside the DDP / FSDP wrapper's forward). Mid-run evaluation runs on the
+main process only when the model is replicated (DDP, one process); a sharded model (FSDP, ZeRO-3) is evaluated on
+every process (each one gathers shards; the main one writes), so no rank waits on a collective the others skip.
 
 Why: the adapter runner (`adaptune.train.runner`) and the GRPO run (`adaptune.rl.run`) write the same folder format
 (`adaptune.train.rundir`); with one lifecycle they cannot drift apart (resume rules, markers, refusals), and a new
@@ -18,14 +26,15 @@ How:
     trainer = SomeTrainer(..., args=...(output_dir=life.checkpoints))
     life.attach(trainer, evaluate=fn, eval_steps=50, log_extras=stats.snapshot, time_limit_minutes=None)
     outcome = life.train(trainer)                # seconds, steps_run, resumed_from
+    model = life.save_adapter(trainer)           # EVERY process (gathers sharded weights); main writes adapter/
     if not life.is_main_process:
         return life.run_dir
-    model = life.save_adapter(trainer.model)     # unwrapped; a PeftModel is saved to adapter/
     return life.finish("Run x", summary, step=trainer.state.global_step, final={...}, sections=[...])
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
@@ -70,13 +79,64 @@ class RunCallback(TrainerCallback):
                 atomic_write_text(ckpt / COMPLETE, f"{state.global_step}\n")
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
-        if (self.evaluate is not None and self.eval_steps and state.global_step % self.eval_steps == 0
-                and state.is_world_process_zero):
-            was_training = model.training
-            metrics = self.evaluate(model)
-            model.train(was_training)
+        from ..methods.objective import unwrap_model
+
+        if not (self.evaluate is not None and self.eval_steps and state.global_step % self.eval_steps == 0):
+            return
+        if not (state.is_world_process_zero or is_sharded(model)):
+            return
+        inner = unwrap_model(model)
+        was_training = inner.training
+        with gathered(model):
+            metrics = self.evaluate(inner)
+        inner.train(was_training)
+        if state.is_world_process_zero:
             append_jsonl(self.run_dir / "metrics.jsonl",
                          {"event": "eval", "step": state.global_step, **{f"eval/{k}": v for k, v in metrics.items()}})
+
+
+def is_sharded(model: Any) -> bool:
+    """Whether `model`'s weights are split across processes (FSDP, DeepSpeed ZeRO-3): every rank must join a forward."""
+    if model is None:
+        return False
+    try:
+        from torch.distributed.fsdp import FullyShardedDataParallel
+
+        if isinstance(model, FullyShardedDataParallel):
+            return True
+        from torch.distributed.fsdp import FSDPModule
+
+        if any(isinstance(m, FSDPModule) for m in model.modules()):
+            return True
+    except ImportError:  # pragma: no cover - torch without distributed
+        pass
+    return any(hasattr(p, "ds_id") for p in model.parameters())  # DeepSpeed ZeRO-3 partitioned parameters
+
+
+@contextlib.contextmanager
+def gathered(model: Any):
+    """Every parameter of a sharded `model` whole for the block (FSDP 1: `summon_full_params`; FSDP 2: `unshard` of
+    every sharded module, resharded after), so evaluation may call any model method, not only `forward`. Every rank
+    must enter it (the gathers are collectives). A replicated model passes through unchanged."""
+    if model is None or not is_sharded(model):
+        yield
+        return
+    from torch.distributed.fsdp import FullyShardedDataParallel
+
+    if isinstance(model, FullyShardedDataParallel):
+        with FullyShardedDataParallel.summon_full_params(model, writeback=False):
+            yield
+        return
+    from torch.distributed.fsdp import FSDPModule
+
+    shards = [m for m in model.modules() if isinstance(m, FSDPModule)]
+    for module in shards:
+        module.unshard()
+    try:
+        yield
+    finally:
+        for module in shards:
+            module.reshard()
 
 
 class TrainingDivergedError(RuntimeError):
@@ -170,9 +230,7 @@ class RunLifecycle:
     @classmethod
     def begin(cls, recipe: Recipe) -> RunLifecycle:
         """Prepare the run directory (main process first; the others join it), write config.yaml, set the seed."""
-        from accelerate import PartialState
-
-        state = PartialState()
+        state = process_state()
         with state.main_process_first():
             run_dir = prepare_run_dir(recipe) if state.is_main_process else _join_run_dir(recipe)
         if state.is_main_process:
@@ -231,16 +289,32 @@ class RunLifecycle:
         t0 = time.time()
         trainer.train(resume_from_checkpoint=str(resumed_from) if resumed_from else None)
         start = int(resumed_from.name.split("-")[1]) if resumed_from else 0
+        log.info("process %d of %d: %d optimizer steps", self.state.process_index, self.state.num_processes,
+                 trainer.state.global_step - start)
         return TrainOutcome(time.time() - t0, trainer.state.global_step - start, resumed_from)
 
-    def save_adapter(self, model: Any) -> Any:
-        """Unwrap `model` (DDP, compiled) and, on the main process, save it to adapter/ when it is a PeftModel."""
-        from accelerate.utils import extract_model_from_parallel
+    def save_adapter(self, trainer_or_model: Any) -> Any:
+        """Save the adapter to adapter/ (main process) and return the unwrapped model. Call it on EVERY process.
+
+        Given a trainer, the weights come from `trainer.accelerator.get_state_dict` (what `Trainer.save_model` uses):
+        with several processes it gathers FSDP shards / ZeRO-3 partitions (a collective, hence every process); the
+        adapter's tensors are picked from it and saved through adaptune's checked save. Given a bare model (no
+        training happened), the module's own weights are saved."""
         from peft import PeftModel
 
-        model = extract_model_from_parallel(model)
+        from ..methods.objective import unwrap_model
+
+        trainer = trainer_or_model if hasattr(trainer_or_model, "accelerator") else None
+        wrapped = trainer_or_model
+        if trainer is not None:
+            wrapped = trainer.model_wrapped if getattr(trainer, "model_wrapped", None) is not None else trainer.model
+        model = unwrap_model(trainer.model if trainer is not None else trainer_or_model)
+        state_dict = None
+        if trainer is not None and trainer.accelerator.num_processes > 1 and isinstance(model, PeftModel):
+            state_dict = _adapter_tensors_materialised(trainer.accelerator.get_state_dict(wrapped), model)
         if self.is_main_process and isinstance(model, PeftModel):
-            save_adapter(model, self.run_dir / "adapter")
+            save_adapter(model, self.run_dir / "adapter", state_dict=state_dict)
+        self.state.wait_for_everyone()
         return model
 
     def finish(self, title: str, summary: dict[str, Any], step: int, final: dict[str, Any],
@@ -249,7 +323,9 @@ class RunLifecycle:
         if not self.is_main_process:
             return self.run_dir
         summary.setdefault("wall_seconds", self.elapsed())
-        append_jsonl(self.run_dir / "metrics.jsonl", {"event": "final", "step": step, **final})
+        summary.setdefault("world_size", int(self.state.num_processes))
+        append_jsonl(self.run_dir / "metrics.jsonl",
+                     {"event": "final", "step": step, "world_size": int(self.state.num_processes), **final})
         atomic_write_json(self.run_dir / "eval.json", {**summary, **(eval_extra or {})})
         write_report(self.run_dir, title, summary, sections)
         atomic_write_text(self.run_dir / "DONE", time.strftime("%Y-%m-%dT%H:%M:%S\n"))
@@ -262,11 +338,42 @@ class RunLifecycle:
             release_run_lock(self.run_dir)
 
 
+def _adapter_tensors_materialised(state_dict: dict[str, Any] | None, model: Any) -> dict[str, Any] | None:
+    """The gathered state dict with the adapter's tensors as plain contiguous tensors: FSDP 2 hands back gathered
+    shards as collective-result wrappers whose storage PEFT's save cannot read (`tensor.storage()`)."""
+    if state_dict is None:
+        return None
+    names = set(getattr(model, "peft_config", {}) or {})
+    return {k: (v.detach().clone().contiguous() if hasattr(v, "detach") and any(
+        f".{n}." in k or k.endswith(f".{n}") for n in names) else v) for k, v in state_dict.items()}
+
+
+def process_state() -> Any:
+    """accelerate's `PartialState`, multi-process on CPU too.
+
+    Under `torchrun` on a machine without an accelerator, a plain `PartialState()` sees no GPU and reports ONE process
+    (every rank then believes it is the main one: each prepares, writes and deletes the run directory); with
+    `cpu=True` it joins the gloo group as `accelerate launch --use_cpu` does. The trainer's arguments say `use_cpu`
+    in that case too (`convert.to_training_arguments`), so both see the same world."""
+    import os
+
+    import torch
+    from accelerate import PartialState
+
+    launched = int(os.environ.get("WORLD_SIZE", "1")) > 1 or int(os.environ.get("LOCAL_RANK", "-1")) != -1
+    accelerator = getattr(torch, "accelerator", None)
+    has_accelerator = bool(accelerator.is_available()) if accelerator is not None else torch.cuda.is_available()
+    return PartialState(cpu=True) if launched and not has_accelerator else PartialState()
+
+
 def _join_run_dir(recipe: Recipe) -> Path:
-    """A non-main process: the folder the main process prepared (created here too, in case it is not visible yet)."""
+    """A non-main process: the folder the main process prepared. Nothing is written; only on a node that does not see
+    the main process's filesystem (multi-node without shared storage) is the empty checkpoints folder created."""
     run_dir = run_dir_for(recipe)
-    (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+    if not (run_dir / "checkpoints").is_dir():
+        (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
     return run_dir
 
 
-__all__ = ["FiniteGuard", "RunCallback", "RunLifecycle", "TimeLimit", "TrainOutcome", "TrainingDivergedError"]
+__all__ = ["FiniteGuard", "RunCallback", "RunLifecycle", "TimeLimit", "TrainOutcome", "TrainingDivergedError",
+           "gathered", "is_sharded"]

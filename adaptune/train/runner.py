@@ -23,7 +23,7 @@ from ..models import LoadedModel, load_model
 from ..registry import RUN_KINDS, TASKS
 from ..tasks.base import Task
 from .convert import to_peft_config, to_training_arguments
-from .lifecycle import RunCallback, RunLifecycle
+from .lifecycle import RunCallback, RunLifecycle, gathered, is_sharded
 from .report import markdown_table
 from .rundir import held_locks, release_run_lock
 
@@ -85,9 +85,11 @@ class TaskTrainer(Trainer):
         self._extra: dict[str, list[float]] = {}
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        from ..methods.objective import forward_through
         from .objectives import training_loss
 
-        loss, logs = training_loss(model, self.task, inputs, self.objective)
+        # the task and the objective see the unwrapped model (a PeftModel stays one), inside the wrapper's forward
+        loss, logs = forward_through(model, lambda inner: training_loss(inner, self.task, inputs, self.objective))
         for key, value in logs.items():
             self._extra.setdefault(key, []).append(float(value))
         return (loss, None) if return_outputs else loss
@@ -112,7 +114,7 @@ def run_adapter_recipe(recipe: Recipe) -> Path:
     task.on_train_begin(model)
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
     n_total = sum(p.numel() for p in model.parameters())
-    train_seconds = 0.0
+    train_seconds, trainer = 0.0, None
     if n_train and recipe.training.max_steps > 0:
         trainer = TaskTrainer(
             task=task, model=model, args=to_training_arguments(recipe, life.checkpoints),
@@ -121,17 +123,21 @@ def run_adapter_recipe(recipe: Recipe) -> Path:
         life.attach(trainer, evaluate=lambda m: task.evaluate(m, "validation", recipe.training.eval_limit),
                     eval_steps=recipe.training.eval_steps)
         train_seconds = life.train(trainer).seconds
+    model = life.save_adapter(trainer if trainer is not None else model)  # every process: sharded weights gathered
+    sharded = trainer is not None and is_sharded(trainer.model_wrapped)
+    if not life.is_main_process and not sharded:  # a replicated model is evaluated by the main process alone
+        return life.run_dir
+    split = "test" if "test" in task.datasets() else "validation"
+    report_extra = getattr(task, "report_sections", None)
+    with gathered(trainer.model_wrapped if sharded else None):  # every rank, when the weights are sharded
+        metrics = task.evaluate(model, split, recipe.training.eval_limit) if split in task.datasets() else {}
+        sections = report_extra(model, life.run_dir) if report_extra and life.is_main_process else []
     if not life.is_main_process:
         return life.run_dir
-    model = life.save_adapter(model)
-    split = "test" if "test" in task.datasets() else "validation"
-    metrics = task.evaluate(model, split, recipe.training.eval_limit) if split in task.datasets() else {}
     summary = {"method": recipe.adapter.method, "task": recipe.task.name, "family": loaded.family.name,
                **({"reducer": recipe.budget.reducer, "reducer_tokens": recipe.budget.tokens} if reducer else {}),
                "trainable_params": n_train, "total_params": n_total, "train_seconds": round(train_seconds, 1),
                "wall_seconds": life.elapsed(), "eval_split": split, **{f"eval/{k}": v for k, v in metrics.items()}}
-    report_extra = getattr(task, "report_sections", None)
-    sections = report_extra(model, life.run_dir) if report_extra else []
     return life.finish(f"Run {recipe.name}", summary, step=recipe.training.max_steps,
                        final={f"eval/{k}": v for k, v in metrics.items()}, sections=sections)
 

@@ -1,0 +1,179 @@
+"""Mutation testing of the core modules (issue 19): `make mutate`, or `python tools/mutate.py [NAME ...]`.
+
+Each core module is mutated on its own by mutmut (https://github.com/boxed/mutmut) against only the test files that
+exercise it, in a scratch copy of the package (runs/mutation/<name>/), so the working tree is never touched and one
+module's run stays minutes, not hours. The score per module (killed / all mutants; timeouts count as killed, mutants
+that no selected test reaches count as survived) is written to runs/mutation/scores.json and printed as a table; the
+surviving mutants of each module are listed in runs/mutation/<name>/survivors.txt (`cd runs/mutation/<name> &&
+mutmut show NAME` prints one's diff).
+Survivors that cannot be killed (equivalent mutants) are recorded with the reason in tests/mutation/equivalent.md.
+
+    python tools/mutate.py                 # every core module (long: an hour or more on 2 cores)
+    python tools/mutate.py rewards grid    # a few
+    python tools/mutate.py --list          # the modules and their test files
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+OUT = ROOT / "runs" / "mutation"
+
+ALSO_COPY = ("rewards", "recipes", "datasets", "docs")
+RUNDIR_HARDENING = [f"tests/test_hardening.py::{name}" for name in (
+    "test_overwrite_never_deletes_a_folder_that_is_not_a_run",
+    "test_overwrite_refuses_the_working_directory_even_when_marked",
+    "test_overwrite_empties_a_marked_run_and_keeps_lock", "test_legacy_run_folder_without_marker_is_adopted",
+    "test_training_extra_output_dir_is_refused", "test_second_run_on_the_same_directory_is_refused",
+    "test_lock_of_another_live_process_refuses_and_of_a_dead_one_is_stale",
+    "test_pid_lock_fallback_refuses_a_live_pid_and_takes_over_a_dead_one",
+    "test_run_killed_before_its_first_checkpoint_is_not_reused_silently", "test_output_dir_that_is_a_file_is_refused")]
+
+# name -> (module file, the test files that exercise it). Keep the test lists short: mutmut runs, per mutant, only
+# the tests (of these files) that reached the mutated function.
+CORE: dict[str, tuple[str, list[str]]] = {
+    "rewards": ("adaptune/rl/rewards.py", ["tests/test_rewards.py", "tests/test_boundaries.py", *(
+        f"tests/test_dropped_groups.py::{name}" for name in (  # not its GRPO run: minutes per mutant
+            "test_reward_aborts_when_every_group_is_dropped", "test_guard_threshold_window_and_off_switch"))]),
+    "judges.base": ("adaptune/rl/judges/base.py", ["tests/test_judges.py", "tests/test_boundaries.py"]),
+    "judges.rule": ("adaptune/rl/judges/rule.py", ["tests/test_judges.py", "tests/test_boundaries.py"]),
+    "judges.prompt": ("adaptune/rl/judges/prompt.py", ["tests/test_judges.py", "tests/test_boundaries.py"]),
+    "judges.init": ("adaptune/rl/judges/__init__.py", ["tests/test_judges.py", "tests/test_boundaries.py"]),
+    "env": ("adaptune/rl/env.py", ["tests/test_env.py", "tests/test_boundaries.py"]),
+    "protocol": ("adaptune/budget/protocol.py", ["tests/test_env.py", "tests/test_inference.py",
+                                                 "tests/test_boundaries.py"]),
+    "resolution": ("adaptune/budget/resolution.py", ["tests/test_env.py", "tests/test_inference.py",
+                                                     "tests/test_boundaries.py"]),
+    "answers": ("adaptune/budget/answers.py", ["tests/test_env.py", "tests/test_inference.py",
+                                               "tests/test_boundaries.py"]),
+    "grid": ("adaptune/budget/grid.py", ["tests/test_flex_projector.py", "tests/test_boundaries.py"]),
+    # test_hardening.py also trains tiny runs (minutes per mutant): only its run-directory tests (under 0.1 s each)
+    "rundir": ("adaptune/train/rundir.py", ["tests/test_boundaries.py", *RUNDIR_HARDENING]),
+    "io": ("adaptune/utils/io.py", ["tests/test_boundaries.py", *RUNDIR_HARDENING]),
+    "adapters": ("adaptune/adapters.py", ["tests/test_hardening.py", "tests/test_peft_contract.py",
+                                          "tests/test_boundaries.py"]),
+    "mask_tuning.layer": ("adaptune/methods/mask_tuning/layer.py", ["tests/test_mask_tuning.py",
+                                                                   "tests/test_identity.py"]),
+    "registers.layer": ("adaptune/methods/registers/layer.py", ["tests/test_registers.py", "tests/test_identity.py"]),
+    "seg_adapter.layer": ("adaptune/methods/seg_adapter/layer.py", ["tests/test_seg_adapter.py",
+                                                                   "tests/test_identity.py"]),
+    "flex_projector.layer": ("adaptune/methods/flex_projector/layer.py", ["tests/test_flex_projector.py",
+                                                                         "tests/test_identity.py"]),
+    "validate": ("adaptune/data/validate.py", ["tests/test_bad_inputs.py", "tests/test_image_paths.py",
+                                               "tests/test_boundaries.py"]),
+    "config": ("adaptune/config.py", ["tests/test_recipes.py", "tests/test_hardening.py"]),
+    "glyphqa": ("adaptune/data/glyphqa.py", ["tests/test_glyphqa.py", "tests/test_boundaries.py"]),
+}
+
+
+def _config(module: str, tests: list[str]) -> str:
+    test_args = ", ".join(json.dumps(t) for t in tests if (ROOT / t.split("::")[0]).exists())
+    return "\n".join([
+        "[tool.mutmut]",
+        'source_paths = ["adaptune"]',
+        f"only_mutate = [{json.dumps(module)}]",
+        f"pytest_add_cli_args_test_selection = [{test_args}]",
+        # -x: a mutant is killed at its first failing test; no doctests (they are in the default suite, not here)
+        'pytest_add_cli_args = ["-x", "-q", "-p", "no:cacheprovider", "-m", "not slow", "-o", "addopts="]',
+        f"also_copy = {json.dumps(list(ALSO_COPY))}",
+        'process_isolation = "forkserver"',  # torch is not fork-safe after the stats run
+        "timeout_multiplier = 5.0",
+        "timeout_constant = 10.0",
+        "use_git_change_detection = false",
+        "",
+    ])
+
+
+def _pytest_section() -> str:
+    text = (ROOT / "pyproject.toml").read_text()
+    match = re.search(r"^\[tool\.pytest\.ini_options\]\n(?:(?!^\[).*\n?)*", text, re.M)
+    return match.group(0) if match else ""
+
+
+def run_one(name: str, mutmut: str, jobs: int) -> dict:
+    module, tests = CORE[name]
+    work = OUT / name
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    shutil.copytree(ROOT / "adaptune", work / "adaptune",
+                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    for extra in ("tests", *ALSO_COPY):  # test data the tests read by path (plugin rewards, recipes)
+        if (ROOT / extra).is_dir():
+            shutil.copytree(ROOT / extra, work / extra, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    (work / "pyproject.toml").write_text(_pytest_section() + "\n" + _config(module, tests))
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1")
+    env.pop("PYTHONPATH", None)
+    t0 = time.time()
+    log = (work / "mutmut.log").open("w")
+    subprocess.run([mutmut, "run", "--max-children", str(jobs)], cwd=work, env=env, stdout=log,
+                   stderr=subprocess.STDOUT, check=False)
+    results = subprocess.run([mutmut, "results", "--all", "true"], cwd=work, env=env, capture_output=True,
+                             text=True, check=False).stdout
+    counts: dict[str, int] = {}
+    survivors = []
+    for line in results.splitlines():
+        if ":" not in line:
+            continue
+        key, status = (part.strip() for part in line.rsplit(":", 1))
+        counts[status] = counts.get(status, 0) + 1
+        if status in ("survived", "no tests"):
+            survivors.append(key)
+    (work / "survivors.txt").write_text("".join(s + "\n" for s in survivors))
+    killed = counts.get("killed", 0) + counts.get("timeout", 0)
+    survived = counts.get("survived", 0) + counts.get("no tests", 0)  # a mutant no test reaches is not killed
+    scored = killed + survived
+    return {"module": module, "tests": tests, "counts": counts, "killed": killed, "survived": survived,
+            "score": round(killed / scored, 4) if scored else None, "seconds": round(time.time() - t0)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("names", nargs="*", help=f"core modules (default: all): {', '.join(CORE)}")
+    parser.add_argument("--list", action="store_true")
+    parser.add_argument("--min-score", type=float, default=0.85)
+    parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="mutants run in parallel")
+    args = parser.parse_args(argv)
+    if args.list:
+        for name, (module, tests) in CORE.items():
+            print(f"{name:22s} {module:45s} {' '.join(tests)}")
+        return 0
+    unknown = [n for n in args.names if n not in CORE]
+    if unknown:
+        parser.error(f"unknown core module(s) {unknown}; known: {', '.join(CORE)}")
+    mutmut = shutil.which("mutmut", path=str(Path(sys.executable).parent)) or shutil.which("mutmut")
+    if mutmut is None:
+        print("mutmut is not installed: pip install -e '.[dev]'", file=sys.stderr)
+        return 2
+    OUT.mkdir(parents=True, exist_ok=True)
+    scores_path = OUT / "scores.json"
+    scores = json.loads(scores_path.read_text()) if scores_path.exists() else {}
+    for name in args.names or list(CORE):
+        print(f"mutating {name} ({CORE[name][0]}) ...", flush=True)
+        scores[name] = run_one(name, mutmut, args.jobs)
+        scores_path.write_text(json.dumps(scores, indent=1, sort_keys=True))
+        s = scores[name]
+        print(f"  {s['killed']} killed, {s['survived']} survived, score {s['score']}, {s['seconds']} s "
+              f"(survivors: {OUT / name / 'survivors.txt'})", flush=True)
+    print(f"\n{'module':22s} {'killed':>6s} {'survived':>8s} {'score':>6s}")
+    low = []
+    for name, s in sorted(scores.items()):
+        print(f"{name:22s} {s['killed']:6d} {s['survived']:8d} {s['score'] if s['score'] is not None else '-':>6}")
+        if s["score"] is not None and s["score"] < args.min_score:
+            low.append(name)
+    print(f"\nscores: {scores_path}")
+    if low:
+        print(f"below {args.min_score:.0%}: {', '.join(low)} (kill the survivors or list them in "
+              "tests/mutation/equivalent.md)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
