@@ -16,6 +16,7 @@ works on these folders (after `import adaptune`); this is the careful path the C
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from pathlib import Path
@@ -24,7 +25,7 @@ from typing import Any
 import torch
 
 from .models import detect_family
-from .utils.io import atomic_dir, sha256_file
+from .utils.io import atomic_dir
 from .version import __version__
 
 META = "adaptune.json"
@@ -74,13 +75,14 @@ def save_adapter(model: Any, path: str | Path, state_dict: dict[str, Any] | None
         model.save_pretrained(tmp, **({"state_dict": state_dict} if state_dict is not None else {}))
         sums = {}
         if (tmp / WEIGHTS).exists():
-            from safetensors.torch import load_file
+            from safetensors.torch import load
 
-            bad = _non_finite(load_file(tmp / WEIGHTS))
+            blob = (tmp / WEIGHTS).read_bytes()
+            bad = _non_finite(load(blob))
             if bad:
                 raise AdapterSaveError(f"refusing to save the adapter to {path}: {len(bad)} tensor(s) hold NaN or "
                                        f"inf (first: {bad[0]}); the training diverged")
-            sums[WEIGHTS] = sha256_file(tmp / WEIGHTS)
+            sums[WEIGHTS] = hashlib.sha256(blob).hexdigest()
         (tmp / META).write_text(json.dumps({"adaptune_version": __version__, "family": family,
                                             "base": base_fingerprint(base), "sha256": sums}, indent=2) + "\n")
     return path
@@ -112,13 +114,7 @@ def check_adapter(model: torch.nn.Module, path: str | Path) -> dict[str, Any]:
         if (path / "adapter_model.bin").exists():
             raise AdapterLoadError(f"{path} holds pickle weights (adapter_model.bin); adaptune loads safetensors only")
         raise AdapterLoadError(f"{path} has no adapter_model.safetensors")
-    try:
-        from safetensors import safe_open
-
-        with safe_open(str(weights), framework="pt") as handle:
-            list(handle.keys())
-    except Exception as exc:  # safetensors raises its own error types for torn or corrupt files
-        raise AdapterLoadError(f"{weights} is corrupt or truncated ({exc.__class__.__name__}: {exc})") from None
+    blob, tensors = _read_weights(weights)  # one read serves the parse, the checksum and the finiteness check
     meta_file = path / META
     if meta_file.exists():
         try:
@@ -127,7 +123,7 @@ def check_adapter(model: torch.nn.Module, path: str | Path) -> dict[str, Any]:
             raise AdapterLoadError(f"{meta_file} is not valid JSON ({exc})") from None
         _check_meta(meta, meta_file)
         recorded = meta.get("sha256", {}).get(WEIGHTS)
-        if recorded is not None and sha256_file(weights) != recorded:
+        if recorded is not None and hashlib.sha256(blob).hexdigest() != recorded:
             raise AdapterLoadError(f"{weights} does not match the sha256 recorded in {meta_file}: the file was "
                                    f"damaged or replaced after it was saved")
         saved_version = str(meta.get("adaptune_version", "0"))
@@ -140,23 +136,25 @@ def check_adapter(model: torch.nn.Module, path: str | Path) -> dict[str, Any]:
         if diffs:
             raise AdapterLoadError(f"adapter {path} was trained on another base model ({meta.get('family')}); "
                                    + "; ".join(diffs))
-    _check_weights_finite(weights)
-    return adapter_config
-
-
-def _check_weights_finite(weights: Path) -> None:
-    from safetensors.torch import load_file
-
-    try:
-        tensors = load_file(weights)
-    except Exception as exc:
-        raise AdapterLoadError(f"{weights} is corrupt or truncated ({exc.__class__.__name__}: {exc})") from None
-    if not tensors:
-        raise AdapterLoadError(f"{weights} holds no tensors")
     bad = _non_finite(tensors)
     if bad:
         raise AdapterLoadError(f"{weights}: {len(bad)} tensor(s) hold NaN or inf (first: {bad[0]}); refusing to "
                                f"load a diverged or damaged adapter")
+    return adapter_config
+
+
+def _read_weights(weights: Path) -> tuple[bytes, dict[str, torch.Tensor]]:
+    """The file's bytes and its tensors; AdapterLoadError for a torn, corrupt or empty file."""
+    from safetensors.torch import load
+
+    blob = weights.read_bytes()
+    try:
+        tensors = load(blob)
+    except Exception as exc:  # safetensors raises its own error types for torn or corrupt files
+        raise AdapterLoadError(f"{weights} is corrupt or truncated ({exc.__class__.__name__}: {exc})") from None
+    if not tensors:
+        raise AdapterLoadError(f"{weights} holds no tensors")
+    return blob, tensors
 
 
 def _check_adapter_config(config: Any, config_file: Path) -> None:

@@ -26,7 +26,8 @@ from adaptune.eval.calibration import calibration
 from adaptune.default import verify_assets
 from adaptune.default.evaluate import answer_fixed, cell_summary, heldout_items, two_turn
 from adaptune.models import load_model
-from adaptune.train.report import markdown_table, plot_curves
+from adaptune.train.report import plot_curves
+from adaptune.utils.markdown import markdown_table
 from adaptune.utils.io import atomic_write_json, atomic_write_text
 
 

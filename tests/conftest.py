@@ -34,3 +34,12 @@ def vqa_dataset_dir(tmp_path_factory):
     path = tmp_path_factory.mktemp("vqa") / "ds"
     datasets.DatasetDict({"train": rows(48, 0), "validation": rows(9, 1), "test": rows(9, 2)}).save_to_disk(path)
     return path
+
+
+@pytest.fixture
+def one_thread():
+    """One intra-op thread: tiny-model generation is latency-bound and the test CPU is shared."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -74,12 +74,3 @@ def test_grpo_run_aborts_with_the_reason_recorded(tmp_path, one_thread) -> None:
     aborted = [e for e in events if e["event"] == "aborted"]
     assert len(aborted) == 1 and aborted[0]["step"] < 20 and "judge" in aborted[0]["reason"]
 
-
-@pytest.fixture
-def one_thread():
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)

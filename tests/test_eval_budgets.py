@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from PIL import Image
 
 from adaptune.cli import main
 from adaptune.config import RecipeError
@@ -101,3 +102,17 @@ def test_grpo_recipe_with_a_reducer_is_refused():
                                                                                 "budget.tokens=4"])
     with pytest.raises(RecipeError, match="resize tool"):
         parse_grpo_section(recipe)
+
+
+def test_an_adapter_without_the_asked_budgets_is_refused_not_skipped(tmp_path, loaded):
+    from peft import LoraConfig, get_peft_model
+
+    from adaptune.adapters import save_adapter
+    from adaptune.budget import BudgetError
+    from adaptune.models import load_model
+
+    other = load_model("tiny:qwen3_vl")
+    save_adapter(get_peft_model(other.model, LoraConfig(r=2, target_modules=["q_proj"])), tmp_path / "lora")
+    rows = [{"image": Image.new("RGB", (128, 128)), "question": "q", "answer": "a"}]
+    with pytest.raises(BudgetError, match="trained at budgets none"):
+        budget_sweep(loaded, rows, [4], reducers=[], adapters=[tmp_path / "lora"])

@@ -96,16 +96,6 @@ def test_compare_methods_reports_per_kind(tiny, scripted):
     assert out["skipped"] == {"before_rl": "no adapter to disable"}
 
 
-@pytest.fixture
-def one_thread():
-    """One intra-op thread: tiny-model generation is latency-bound and the test CPU is shared."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def test_real_tiny_model_runs_every_mode(tiny, one_thread):
     model, processor = tiny

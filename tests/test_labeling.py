@@ -70,16 +70,6 @@ def test_rollout_counts_use_both_resolutions(monkeypatch):
     assert counts == {"low": [0, 3], "full": [3, 0]}
 
 
-@pytest.fixture
-def one_thread():
-    """One intra-op thread: tiny-model generation is latency-bound and the test CPU is shared."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def test_cli_labels_a_tiny_model(tmp_path, capsys, one_thread):
     out = tmp_path / "labels"

@@ -38,7 +38,6 @@ from typing import Any
 from PIL import Image
 
 from ..data.validate import InputPolicy, prepare_image
-
 from .grid import budget_tokens
 
 DOWNSAMPLE_FILTER = Image.Resampling.BOX
@@ -60,8 +59,7 @@ def downsample(image: Any, factor: float = 0.5, row: Any = None) -> Image.Image:
     image = prepare_image(image, row, NO_UPSCALE)
     if factor == 1.0:
         return image
-    size = (max(1, round(image.width * factor)), max(1, round(image.height * factor)))
-    return image.resize(size, DOWNSAMPLE_FILTER)
+    return image.resize(downsampled_size(image.size, factor), DOWNSAMPLE_FILTER)
 
 
 def image_tokens(family: Any, processor: Any, image: Image.Image | tuple[int, int]) -> int:

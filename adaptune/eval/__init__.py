@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from ..config import RecipeError, load_recipe
-from ..train.report import markdown_table
+from ..utils.markdown import markdown_table
 from ..utils.io import atomic_write_json, atomic_write_text
 from .plots import pareto_front, plot_pareto
 

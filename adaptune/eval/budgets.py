@@ -21,8 +21,9 @@ from a different prompt, split or scorer is not comparable, so everything here g
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
-from contextlib import nullcontext
+import warnings
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +33,7 @@ from tqdm import tqdm
 from ..budget.grid import BudgetError
 from ..budget.placeholders import BudgetProcessor
 from ..budget.reducers import REDUCERS, apply_reducer
-from ..budget.resolution import image_tokens
+from ..budget.resolution import downsampled_size, image_tokens
 from ..budget.two_turn import answer_with_resolution_policy, summarize
 from ..models import LoadedModel
 
@@ -68,8 +69,7 @@ def downsample_factor_for(loaded: LoadedModel, size: tuple[int, int], budget: in
     width, height = size
 
     def cost(factor: float) -> int:
-        return image_tokens(loaded.family, loaded.processor, (max(1, round(width * factor)),
-                                                               max(1, round(height * factor))))
+        return image_tokens(loaded.family, loaded.processor, downsampled_size(size, factor))
 
     first = (budget / cost(1.0)) ** 0.5
     if first <= 1.0 and cost(first) == budget:
@@ -83,8 +83,6 @@ def budget_sweep(loaded: LoadedModel, rows: Sequence[dict[str, Any]], budgets: S
                  policies: Sequence[str | Path] = (), judge: Any = None, batch_size: int = 32,
                  max_new_tokens: int = 16, policy_max_new_tokens: int = 64) -> list[dict[str, Any]]:
     """The comparison table as a list of cells (one per method x budget); see the module docstring."""
-    from ..adapters import load_adapter
-
     reducers = list(REDUCERS.names() if reducers is None else reducers)
     model, processor = loaded.model, loaded.processor
     images = [r["image"] for r in rows]
@@ -110,7 +108,10 @@ def budget_sweep(loaded: LoadedModel, rows: Sequence[dict[str, Any]], budgets: S
             run("full", "full", "reference", None, model, processor, always="full", max_new_tokens=max_new_tokens)
         elif method == "downsample":
             factor = downsample_factor_for(loaded, images[0].size, int(budget))
-            if factor is not None:
+            if factor is None:
+                warnings.warn(f"budget sweep: no downsampled size of a {images[0].size} image costs exactly {budget} "
+                              "visual tokens on this family: no downsample cell", stacklevel=2)
+            else:
                 run(f"downsample@{budget}", "downsample", "resolution", int(budget), model, processor, always="low",
                     downsample_factor=factor, max_new_tokens=max_new_tokens)
         else:
@@ -118,34 +119,50 @@ def budget_sweep(loaded: LoadedModel, rows: Sequence[dict[str, Any]], budgets: S
                 run(f"{method}@{budget}", method, "training-free", int(budget), model,
                     BudgetProcessor(processor, budget=int(budget)), apply_reducer(model, method), always="full",
                     max_new_tokens=max_new_tokens)
-            except BudgetError:
-                pass  # the budget does not fit this image size: no cell
+            except BudgetError as exc:
+                warnings.warn(f"budget sweep: no {method}@{budget} cell: {exc}", stacklevel=2)
         progress.update()
     for path in adapters:
-        adapted = load_adapter(model, Path(path) / "adapter" if (Path(path) / "adapter").is_dir() else path).eval()
-        config = next(iter(adapted.peft_config.values()))
-        method = str(getattr(config.peft_type, "value", config.peft_type)).lower()
-        trained = [int(b) for b in getattr(config, "budgets", []) or []]
-        label = Path(path).name
-        kind = "learned" if len(trained) != 1 else "learned (fixed)"
-        for budget in [b for b in budgets if b in trained] if trained else []:
-            run(f"{label}@{budget}", method, kind, budget, adapted, BudgetProcessor(processor, budget=budget),
-                always="full", max_new_tokens=max_new_tokens)
-        model = adapted.unload() if hasattr(adapted, "unload") else model
+        with _adapter_on(model, path) as adapted:
+            config = next(iter(adapted.peft_config.values()))
+            method = str(getattr(config.peft_type, "value", config.peft_type)).lower()
+            trained = [int(b) for b in getattr(config, "budgets", None) or []]
+            chosen = [b for b in budgets if b in trained]
+            if not chosen:
+                raise BudgetError(f"budget sweep: adapter {path} ({method}) was trained at budgets {trained or 'none'}, "
+                                  f"none of {list(budgets)}; pass budget adapters (TokenFLEX) under adapters= and "
+                                  "resolution policies under policies=")
+            kind = "learned" if len(trained) != 1 else "learned (fixed)"
+            for budget in chosen:
+                run(f"{Path(path).name}@{budget}", method, kind, budget, adapted,
+                    BudgetProcessor(processor, budget=budget), always="full", max_new_tokens=max_new_tokens)
         progress.update()
     for path in policies:
-        adapted = load_adapter(model, Path(path) / "adapter" if (Path(path) / "adapter").is_dir() else path).eval()
-        run(Path(path).name, "resolution policy", "learned (policy)", None, adapted, processor,
-            max_new_tokens=policy_max_new_tokens)
-        model = adapted.unload() if hasattr(adapted, "unload") else model
+        with _adapter_on(model, path) as adapted:
+            run(Path(path).name, "resolution policy", "learned (policy)", None, adapted, processor,
+                max_new_tokens=policy_max_new_tokens)
         progress.update()
     progress.close()
     return cells
 
 
+@contextmanager
+def _adapter_on(model: torch.nn.Module, path: str | Path) -> Iterator[Any]:
+    """The adapter of a run directory (its adapter/) or an adapter folder, loaded onto `model` for the block, then
+    unloaded so the next method sees the base model."""
+    from ..adapters import load_adapter
+
+    folder = Path(path) / "adapter" if (Path(path) / "adapter").is_dir() else Path(path)
+    adapted = load_adapter(model, folder).eval()
+    try:
+        yield adapted
+    finally:
+        adapted.unload()
+
+
 def write_sweep(cells: list[dict[str, Any]], out: Path, title: str = "Accuracy vs visual tokens") -> None:
     """budgets.json, budgets.md (a table, sorted by budget) and pareto.png into `out`."""
-    from ..train.report import markdown_table
+    from ..utils.markdown import markdown_table
     from ..utils.io import atomic_write_json, atomic_write_text
     from .plots import plot_pareto
 
@@ -181,7 +198,7 @@ def budgets_command(overrides: list[str]) -> int:
     from ..config import RecipeError
     from ..models import load_model
     from ..rl.data import DataParams, heldout_rows
-    from ..train.report import markdown_table
+    from ..utils.markdown import markdown_table
 
     opts = dict(OPTIONS)
     for item in overrides:

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from ..models import LoadedModel
-from ..train.report import markdown_table
+from ..utils.markdown import markdown_table
 from ..utils.io import read_jsonl
 from .data import heldout_rows
 from .inference import compare_methods

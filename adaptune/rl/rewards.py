@@ -223,6 +223,12 @@ class DropGuard:
         self.max_share, self.window, self.name = max_share, int(window), name
         self.history: deque[tuple[int, int]] = deque(maxlen=self.window)
 
+    def observe(self, scores: Sequence[float | None], slices: Sequence[slice],
+                judge_stats: Mapping[str, int] | None = None) -> None:
+        """`update` from one reward call's scores after `drop_failed_groups` (a dropped group is all None)."""
+        dropped = sum(scores[s.start] is None for s in slices if s.stop > s.start)
+        self.update(dropped, len(slices), judge_stats)
+
     def update(self, dropped: int, total: int, judge_stats: Mapping[str, int] | None = None) -> None:
         if total <= 0:
             return
@@ -274,8 +280,7 @@ def make_accuracy_reward(
         if drop_groups:
             slices = group_slices(len(completions), num_generations, prompts)
             scores = drop_failed_groups(scores, slices)
-            guard.update(sum(scores[s.start] is None for s in slices if s.stop > s.start), len(slices),
-                         the_judge.stats())
+            guard.observe(scores, slices, the_judge.stats())
         return scores
 
     return _named(accuracy, "accuracy", judge=the_judge)
@@ -375,7 +380,7 @@ def make_visionthink_reward(
                 rewards[i] = accuracy_weight * scores[i] + format_weight * formats[i] - penalties[i]  # type: ignore
             zero_std += len(rewards[s]) > 1 and _std(rewards[s]) < 1e-4  # type: ignore[arg-type]
         _log(kwargs, scores, formats, penalties, resized, environments, slices, zero_std)
-        guard.update(sum(scores[s.start] is None for s in slices if s.stop > s.start), len(slices), the_judge.stats())
+        guard.observe(scores, slices, the_judge.stats())
         return rewards
 
     def _log(kwargs, scores, formats, penalties, resized, environments, slices, zero_std) -> None:

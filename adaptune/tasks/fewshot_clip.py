@@ -164,7 +164,7 @@ class FewShotCLIPTask(Task):
 
     def report_sections(self, model: torch.nn.Module, run_dir: Path) -> list[str]:
         from ..methods.mask_tuning import masked_share, plot_masked_share
-        from ..train.report import markdown_table
+        from ..utils.markdown import markdown_table
 
         rows = masked_share(model)
         if not rows:

@@ -72,6 +72,9 @@ def take_rows(rows: Any, limit: int | None = None) -> list[dict[str, Any]]:
     return [rows[i] for i in range(n)]
 
 
+ANSWER_FORMATS = ("tagged", "plain", "protocol")
+
+
 @dataclass
 class VQAParams:
     dataset: str = "glyphqa"
@@ -84,15 +87,12 @@ class VQAParams:
     resolution protocol's prompt (system prompt + resize tool schema, `adaptune.budget.protocol`) and its direct-answer
     turn, i.e. exactly the text the two-turn loop and GRPO use (so budget methods train on what they are evaluated
     on)."""
+    max_new_tokens: int = 24
+    eval_batch_size: int = 16
 
     def __post_init__(self) -> None:
         if self.answer_format not in ANSWER_FORMATS:
             raise ValueError(f"answer_format must be one of {', '.join(ANSWER_FORMATS)}, got {self.answer_format!r}")
-    max_new_tokens: int = 24
-    eval_batch_size: int = 16
-
-
-ANSWER_FORMATS = ("tagged", "plain", "protocol")
 
 
 def resize_for(image: Image.Image, resolution: str) -> Image.Image:

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from ..utils.io import atomic_write_text, read_jsonl
+from ..utils.markdown import markdown_table
 
 
 def plot_curves(metrics: list[dict[str, Any]], out: Path) -> list[Path]:
@@ -46,19 +47,6 @@ def plot_curves(metrics: list[dict[str, Any]], out: Path) -> list[Path]:
         plt.close(fig)
         paths.append(path)
     return paths
-
-
-def markdown_table(rows: list[dict[str, Any]], columns: list[str] | None = None) -> str:
-    if not rows:
-        return "(no rows)\n"
-    columns = columns or list(dict.fromkeys(k for r in rows for k in r))
-
-    def fmt(v: Any) -> str:
-        return f"{v:.4g}" if isinstance(v, float) else str(v)
-
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(fmt(r.get(c, "")) for c in columns) + " |" for r in rows]
-    return "\n".join(lines) + "\n"
 
 
 def write_report(run_dir: Path, title: str, summary: dict[str, Any], sections: list[str] | None = None) -> Path:

@@ -24,7 +24,6 @@ from ..registry import RUN_KINDS, TASKS
 from ..tasks.base import Task
 from .convert import to_peft_config, to_training_arguments
 from .lifecycle import RunCallback, RunLifecycle, gathered, is_sharded
-from .report import markdown_table
 from .rundir import held_locks, release_run_lock
 
 log = logging.getLogger("adaptune")
@@ -162,4 +161,4 @@ def run_recipe(recipe: Recipe) -> Path:
 
 
 __all__ = ["run_recipe", "run_adapter_recipe", "attach_adapter", "make_task", "load_for_recipe", "TaskTrainer",
-           "RunCallback", "markdown_table"]
+           "RunCallback"]

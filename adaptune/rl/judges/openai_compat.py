@@ -228,9 +228,7 @@ class OpenAIJudge(BaseJudge):
                 raw = b"".join(chunks)
         except httpx2.TimeoutException:
             return _Attempt("timeout")
-        except (httpx2.TransportError, OSError) as exc:
-            return _Attempt("connection", text=type(exc).__name__)
-        except httpx2.HTTPError as exc:
+        except (httpx2.HTTPError, OSError) as exc:  # transport and protocol errors alike
             return _Attempt("connection", text=type(exc).__name__)
         try:
             content = json.loads(raw.decode("utf-8"))["choices"][0]["message"]["content"]
