@@ -39,7 +39,7 @@ class AdapterLoadError(ValueError):
 
 
 class AdapterSaveError(ValueError):
-    """An adapter that must not be saved (non-finite weights); nothing was written."""
+    """An adapter that must not be saved (non-finite weights, tensors still sharded); nothing was written."""
 
 
 def _non_finite(tensors: dict[str, torch.Tensor]) -> list[str]:
@@ -60,19 +60,48 @@ def base_fingerprint(model: torch.nn.Module) -> dict[str, Any]:
     return flat
 
 
-def save_adapter(model: Any, path: str | Path, state_dict: dict[str, Any] | None = None) -> Path:
-    """`model.save_pretrained` into `path` atomically, with adaptune metadata.
+def _first_sharded(named_tensors: Any) -> str | None:
+    """The name of the first DTensor among `(name, tensor)` pairs, or None."""
+    try:
+        from torch.distributed.tensor import DTensor
+    except ImportError:  # pragma: no cover - a torch build without distributed has no DTensor
+        return None
+    return next((name for name, tensor in named_tensors if isinstance(tensor, DTensor)), None)
+
+
+def save_adapter(model: Any, path: str | Path, state_dict: dict[str, Any] | None = None,
+                 source: str | None = None) -> Path:
+    """`model.save_pretrained` into `path` atomically, with adaptune metadata and a model card (README.md).
 
     `state_dict`: the whole model's weights gathered across processes (`accelerator.get_state_dict`, what a sharded
-    FSDP / ZeRO-3 run needs); PEFT picks the adapter's tensors out of it. None: the module's own weights."""
+    FSDP / ZeRO-3 run needs); PEFT picks the adapter's tensors out of it. None: the module's own weights.
+    `source`: the model source the base was loaded from (`model.source` of the recipe; None: the name PEFT records,
+    the base's `name_or_path`). adapter_config.json's `base_model_name_or_path` and adaptune.json's `source` get
+    `shareable_source(source)` (the hub id, or adaptune's source name such as "default" or "tiny:qwen3_vl"), never a
+    path on this machine."""
+    from .card import shareable_source, write_model_card
+
     path = Path(path)
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     try:
-        family = detect_family(base).name
+        spec = detect_family(base)
+        family, kind = spec.name, spec.kind
     except ValueError:
-        family = None
+        family = kind = None
+    sharded = _first_sharded(state_dict.items() if state_dict is not None else model.named_parameters())
+    if sharded is not None:  # PEFT would fail on it with "access the data pointer on an invalid python storage"
+        raise AdapterSaveError(f"refusing to save the adapter to {path}: {sharded} is a sharded tensor (a DTensor: "
+                               f"FSDP 2 parameters are); gather the weights first and pass them as state_dict "
+                               f"(adaptune's runs do: RunLifecycle.save_adapter, through the trainer's accelerator)")
     with atomic_dir(path) as tmp:
         model.save_pretrained(tmp, **({"state_dict": state_dict} if state_dict is not None else {}))
+        shared = None
+        for config_file in tmp.rglob("adapter_config.json"):  # one per adapter (named adapters in subfolders)
+            config = json.loads(config_file.read_text())
+            # no source given: what PEFT recorded (the base's name_or_path), unless it is a path on this machine
+            shared = shareable_source(source if source is not None else config.get("base_model_name_or_path"))
+            config["base_model_name_or_path"] = shared
+            config_file.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
         sums = {}
         if (tmp / WEIGHTS).exists():
             from safetensors.torch import load
@@ -83,8 +112,10 @@ def save_adapter(model: Any, path: str | Path, state_dict: dict[str, Any] | None
                 raise AdapterSaveError(f"refusing to save the adapter to {path}: {len(bad)} tensor(s) hold NaN or "
                                        f"inf (first: {bad[0]}); the training diverged")
             sums[WEIGHTS] = hashlib.sha256(blob).hexdigest()
-        (tmp / META).write_text(json.dumps({"adaptune_version": __version__, "family": family,
+        (tmp / META).write_text(json.dumps({"adaptune_version": __version__, "family": family, "source": shared,
                                             "base": base_fingerprint(base), "sha256": sums}, indent=2) + "\n")
+        if (tmp / "adapter_config.json").exists():
+            write_model_card(tmp, source=shared, family=family, family_kind=kind)
     return path
 
 
@@ -193,7 +224,8 @@ def _check_adapter_config(config: Any, config_file: Path) -> None:
 def _check_meta(meta: Any, meta_file: Path) -> None:
     if not isinstance(meta, dict):
         raise AdapterLoadError(f"{meta_file}: must be a JSON object, got {type(meta).__name__}")
-    expect = {"adaptune_version": (str,), "family": (str, type(None)), "base": (dict,), "sha256": (dict,)}
+    expect = {"adaptune_version": (str,), "family": (str, type(None)), "source": (str, type(None)), "base": (dict,),
+              "sha256": (dict,)}
     for key, types in expect.items():
         if key in meta and not isinstance(meta[key], types):
             raise AdapterLoadError(f"{meta_file}: field {key}: wrong type ({type(meta[key]).__name__})")
@@ -225,10 +257,17 @@ def _check_keys_landed(model: Any, path: Path) -> None:
 
     with safe_open(str(path / WEIGHTS), framework="pt") as handle:
         saved = set(handle.keys())
-    try:
+    config = getattr(model, "peft_config", {}).get(getattr(model, "active_adapter", None))
+    name = getattr(config, "base_model_name_or_path", None)
+    try:  # without the base's name: PEFT would look it up (on the Hub) only to compare vocabulary sizes
+        if config is not None:
+            config.base_model_name_or_path = None
         expected = set(get_peft_model_state_dict(model).keys())
     except Exception:  # a tuner peft cannot enumerate: nothing to compare with
         return
+    finally:
+        if config is not None:
+            config.base_model_name_or_path = name
     unknown = sorted(saved - expected)
     if unknown and len(unknown) == len(saved):
         raise AdapterLoadError(f"{path / WEIGHTS}: none of its {len(saved)} tensors matches this adapter's "

@@ -7,7 +7,7 @@ A recipe says which model to load, which task to train on, which adapter to atta
     task: {name: vqa_sft, params: {dataset: glyphqa, num_train: 2000}}
     adapter: {method: lora, params: {r: 8}}
     budget: {reducer: divprune, tokens: 4}             # optional: a training-free token reducer
-    training: {max_steps: 200, batch_size: 16, learning_rate: 1e-3}
+    training: {max_steps: 200, per_device_train_batch_size: 16, learning_rate: 1e-3}
 
 Each component validates its own section (`task.params` against the task's `Params`, `adapter.params` against the
 PEFT config class), so unknown keys and wrong types fail before any work, naming the key path and the file.
@@ -41,6 +41,10 @@ class ModelSection:
     dtype: str | None = None
     trust_remote_code: bool = False
     seed: int = 0
+    chat_template: str | None = None
+    """Unset: the checkpoint's own template (a GRPO recipe switches to adaptune's tool template for the family when
+    the checkpoint's cannot run the resize tool); "checkpoint": always its own; "qwen2_5_vl_tools" /
+    "qwen3_vl_tools": adaptune's; or a path to a .jinja file (docs/visionthink.md#chat-templates)."""
 
 
 @dataclass
@@ -69,13 +73,13 @@ class BudgetSection:
 class TrainingSection:
     max_steps: int = 100
     """Optimizer steps; 0 trains nothing (evaluation only: the untrained adapter is saved and evaluated)."""
-    batch_size: int = 8
-    grad_accum: int = 1
+    per_device_train_batch_size: int = 8
+    gradient_accumulation_steps: int = 1
     learning_rate: float = 1e-3
     weight_decay: float = 0.0
-    lr_scheduler: str = "cosine"
-    warmup: float = 0.0
-    """Warm-up steps (an int) or a fraction of max_steps (a float below 1)."""
+    lr_scheduler_type: str = "cosine"
+    warmup_steps: float = 0.0
+    """Warm-up steps (an int) or a fraction of max_steps (a float below 1), as in `TrainingArguments`."""
     max_grad_norm: float = 1.0
     logging_steps: int = 5
     save_steps: int = 50
@@ -85,6 +89,10 @@ class TrainingSection:
     eval_limit: int | None = 200
     seed: int = 0
     bf16: bool = False
+    """bf16 mixed precision; refused (RecipeError) on a device that cannot run it, never dropped silently."""
+    report_to: Any = "none"
+    """Where the Trainer logs go besides metrics.jsonl: "none", an integration name ("tensorboard", "trackio",
+    "wandb", ...) or a list of them, as in `TrainingArguments.report_to`. TensorBoard needs `adaptune[tensorboard]`."""
     extra: dict[str, Any] = field(default_factory=dict)
     """More `transformers.TrainingArguments` fields (validated against that class)."""
 
@@ -115,10 +123,39 @@ class Recipe:
     source_file: str | None = None
 
 
+# `training:` keys that adaptune once named its own way; they are the `TrainingArguments` names now.
+RENAMED_TRAINING_KEYS = {"batch_size": "per_device_train_batch_size", "grad_accum": "gradient_accumulation_steps",
+                         "lr_scheduler": "lr_scheduler_type", "warmup": "warmup_steps"}
+
+
+def _refuse_renamed(keys: Any, where: str) -> None:
+    for key in keys:
+        if key in RENAMED_TRAINING_KEYS:
+            raise RecipeError(f"{where}: training.{key}: renamed to training.{RENAMED_TRAINING_KEYS[key]} "
+                              "(the transformers.TrainingArguments name)")
+
+
 def _explain(exc: OmegaConfBaseException, where: str) -> RecipeError:
     key = getattr(exc, "full_key", None) or getattr(exc, "key", None)
     msg = str(exc).split("\n")[0]
     return RecipeError(f"{where}: {'key ' + repr(key) + ': ' if key else ''}{msg}")
+
+
+def is_override(arg: str) -> bool:
+    """The command line's one rule for `key=value`: an argument is a recipe override when the text before its first
+    `=` is a dotted key (letters, digits, `_`, `-`, `.`; e.g. `training.max_steps=10`) and the argument is not an
+    existing file or folder. So `runs/lr=1e-3` (a `/` in the key) and an existing `lr=1e-3.yaml` are paths."""
+    key, sep, _ = arg.partition("=")
+    if not sep or not key or not (key[0].isalpha() or key[0] == "_"):
+        return False
+    if not all(ch.isalnum() or ch in "_-." for ch in key):
+        return False
+    return not Path(arg).exists()
+
+
+def split_overrides(args: list[str]) -> tuple[list[str], list[str]]:
+    """(targets, overrides) of a command's positional arguments, by `is_override`; order kept in each."""
+    return [a for a in args if not is_override(a)], [a for a in args if is_override(a)]
 
 
 def load_recipe(path: str | Path | None = None, overrides: list[str] | None = None,
@@ -138,6 +175,9 @@ def load_recipe(path: str | Path | None = None, overrides: list[str] | None = No
             raise RecipeError(f"{where}: a recipe must be a mapping at the top level")
     else:
         raw = OmegaConf.create(data or {})
+    training = raw.get("training") if isinstance(raw, DictConfig) else None
+    if isinstance(training, DictConfig):
+        _refuse_renamed(training.keys(), where)
     try:
         merged = OmegaConf.merge(schema, raw)
     except OmegaConfBaseException as exc:
@@ -145,6 +185,9 @@ def load_recipe(path: str | Path | None = None, overrides: list[str] | None = No
     for item in overrides or []:
         if "=" not in item:
             raise RecipeError(f"override {item!r} is not key=value")
+        key = item.split("=", 1)[0].strip()
+        if key.startswith("training."):
+            _refuse_renamed([key.split(".")[1]], f"{where} (override {item!r})")
         try:
             merged = OmegaConf.merge(merged, OmegaConf.from_dotlist([item]))
         except OmegaConfBaseException as exc:
@@ -184,8 +227,8 @@ def check_recipe_values(recipe: Recipe) -> None:
     def finite(value: Any) -> bool:
         return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
-    for key, low in (("max_steps", 0), ("batch_size", 1), ("grad_accum", 1), ("logging_steps", 1),
-                     ("save_steps", 1), ("save_total_limit", 1), ("eval_steps", 0), ("seed", 0)):
+    for key, low in (("max_steps", 0), ("per_device_train_batch_size", 1), ("gradient_accumulation_steps", 1),
+                     ("logging_steps", 1), ("save_steps", 1), ("save_total_limit", 1), ("eval_steps", 0), ("seed", 0)):
         value = getattr(t, key)
         if not is_int(value) or value < low:
             raise bad(key, f"must be an integer >= {low}" + (" (0: evaluate only)" if key == "max_steps" else ""))
@@ -193,7 +236,7 @@ def check_recipe_values(recipe: Recipe) -> None:
         raise bad("eval_limit", "must be null or an integer >= 1")
     if not finite(t.learning_rate) or t.learning_rate <= 0:
         raise bad("learning_rate", "must be a finite number > 0")
-    for key in ("weight_decay", "warmup", "max_grad_norm"):
+    for key in ("weight_decay", "warmup_steps", "max_grad_norm"):
         if not finite(getattr(t, key)) or getattr(t, key) < 0:
             raise bad(key, "must be a finite number >= 0")
     if not isinstance(t.extra, dict):
@@ -201,6 +244,13 @@ def check_recipe_values(recipe: Recipe) -> None:
     for key, why in RESERVED_TRAINING_EXTRA.items():
         if key in t.extra:
             raise RecipeError(f"{where}: training.extra.{key}: not allowed ({why})")
+    own = {f.name for f in dataclasses.fields(TrainingSection)} - {"extra"}
+    for key in t.extra:
+        if key in own:
+            raise RecipeError(f"{where}: training.extra.{key}: a training field; set training.{key} instead")
+    reports = [t.report_to] if isinstance(t.report_to, str) else t.report_to
+    if not isinstance(reports, list) or not reports or not all(isinstance(r, str) and r for r in reports):
+        raise bad("report_to", 'must be "none", an integration name or a list of names')
     if recipe.output.dir is not None and not str(recipe.output.dir).strip():
         raise RecipeError(f"{where}: output.dir: empty (leave it unset for runs/<name>)")
     try:
@@ -208,8 +258,8 @@ def check_recipe_values(recipe: Recipe) -> None:
     except ImportError:  # pragma: no cover
         return
     known = [s.value for s in SchedulerType]
-    if t.lr_scheduler not in known:
-        raise RecipeError(f"{where}: training.lr_scheduler: unknown scheduler {t.lr_scheduler!r} "
+    if t.lr_scheduler_type not in known:
+        raise RecipeError(f"{where}: training.lr_scheduler_type: unknown scheduler {t.lr_scheduler_type!r} "
                           f"(known: {', '.join(known)})")
 
 

@@ -11,6 +11,10 @@ list.
 
     JUDGES.get("rule")        # -> RuleJudge
     JUDGES.get("nope")        # KeyError listing the known names
+
+Reading any registry (`get`, `names`, `items`, `in`, iteration, `len`) first runs the filler installed with
+`set_filler` once (`adaptune/__init__.py` installs one that imports every package that registers something), so
+`import adaptune` itself stays light and the registries are still full whenever someone looks.
 """
 
 from __future__ import annotations
@@ -19,6 +23,28 @@ from collections.abc import Callable, Iterator
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
+
+_filler: Callable[[], None] | None = None
+_fill_state = "idle"  # "idle" -> "filling" -> "done"
+
+
+def set_filler(filler: Callable[[], None]) -> None:
+    """Install the function that fills every registry (run once, at the first read of any registry)."""
+    global _filler, _fill_state
+    _filler, _fill_state = filler, "idle"
+
+
+def _fill() -> None:
+    global _fill_state
+    if _fill_state != "idle" or _filler is None:
+        return  # done, or a module being imported by the filler reads a registry: it sees what is there so far
+    _fill_state = "filling"
+    try:
+        _filler()
+    except BaseException:
+        _fill_state = "idle"  # a failed import (a missing package) is raised again at the next read
+        raise
+    _fill_state = "done"
 
 
 class Registry(Generic[T]):
@@ -43,6 +69,7 @@ class Registry(Generic[T]):
         return _add(obj) if obj is not None else _add
 
     def get(self, name: str) -> T:
+        _fill()
         try:
             return self._items[name]
         except KeyError:
@@ -50,18 +77,23 @@ class Registry(Generic[T]):
             raise KeyError(f"unknown {self.kind} {name!r}; known: {known}") from None
 
     def names(self) -> list[str]:
+        _fill()
         return list(self._items)
 
     def items(self) -> list[tuple[str, T]]:
+        _fill()
         return list(self._items.items())
 
     def __contains__(self, name: object) -> bool:
+        _fill()
         return name in self._items
 
     def __iter__(self) -> Iterator[str]:
+        _fill()
         return iter(self._items)
 
     def __len__(self) -> int:
+        _fill()
         return len(self._items)
 
 

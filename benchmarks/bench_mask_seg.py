@@ -74,8 +74,9 @@ def bench_seg_adapters(args: argparse.Namespace) -> dict:
     inputs = {"pixel_values": pixels, **tokens}
     cases = {"base CLIPSeg": base.eval()}
     params = {}
-    for name, config in (("dense adapters DA-VLC", SegAdapterConfig(variant="dense", modality="VLC")),
-                         ("shallow adapters SA-VLC", SegAdapterConfig(variant="shallow", modality="VLC"))):
+    dense_r, shallow_r = max(4, args.hidden // 8), args.hidden  # the paper's ratios at this width (its 64 / 512 at 512)
+    for name, config in (("dense adapters DA-VLC", SegAdapterConfig(variant="dense", modality="VLC", r=dense_r)),
+                         ("shallow adapters SA-VLC", SegAdapterConfig(variant="shallow", modality="VLC", r=shallow_r))):
         model = get_peft_model(copy.deepcopy(base), config).eval()
         cases[name] = model
         params[name] = sum(p.numel() for p in model.parameters() if p.requires_grad)

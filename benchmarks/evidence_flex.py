@@ -72,7 +72,7 @@ def run_one(name: str, args: argparse.Namespace, task_name: str, base_task: str)
         data = {"name": f"evidence_flex-{name}", "model": {"source": args.source},
                 "task": {"name": task_name, "params": {**common, "eval_budgets": list(BUDGETS)}},
                 "adapter": {"method": "flex_projector", "params": {"budgets": budgets, "budget_weights": weights}},
-                "training": {"max_steps": args.steps, "batch_size": args.batch_size,
+                "training": {"max_steps": args.steps, "per_device_train_batch_size": args.batch_size,
                              "learning_rate": args.lr, "save_steps": max(args.steps, 1) * 10,
                              "logging_steps": max(1, args.steps // 10), "eval_limit": args.eval_n,
                              "seed": args.seed}}

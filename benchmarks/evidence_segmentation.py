@@ -32,10 +32,11 @@ from adaptune.pretrain.clipseg import TinyCLIPSegSettings, encode_rows, refseg_r
 METHODS = {
     "decoder only": ("decoder", 1e-3),
     "full fine-tuning": ("full", 1e-4),
-    "dense DA-VLC": (SegAdapterConfig(variant="dense", modality="VLC"), 1e-3),
-    "shallow SA-VLC": (SegAdapterConfig(variant="shallow", modality="VLC"), 3e-4),
-    "dense DA-V": (SegAdapterConfig(variant="dense", modality="V"), 1e-3),
-    "dense DA-VLC + decoder": (SegAdapterConfig(variant="dense", modality="VLC", train_decoder=True), 1e-3),
+    # Widths for the 64-wide tiny CLIPSeg (the defaults, 64 dense / 512 shallow, are the paper's for 512-768 wide ones).
+    "dense DA-VLC": (SegAdapterConfig(variant="dense", modality="VLC", r=8), 1e-3),
+    "shallow SA-VLC": (SegAdapterConfig(variant="shallow", modality="VLC", r=64), 3e-4),
+    "dense DA-V": (SegAdapterConfig(variant="dense", modality="V", r=8), 1e-3),
+    "dense DA-VLC + decoder": (SegAdapterConfig(variant="dense", modality="VLC", train_decoder=True, r=8), 1e-3),
 }
 
 

@@ -287,7 +287,7 @@ def grpo_run(model_dir: Path, out_dir: Path, judge_spec: dict[str, Any], steps: 
                  f"training.max_steps={steps}", "training.save_steps=1000", "training.logging_steps=1",
                  "grpo.eval.num_images=2" if smoke else "grpo.eval.num_images=4"]
     if not smoke:
-        overrides += ["model.dtype=bfloat16", "training.bf16=true", "training.batch_size=16",
+        overrides += ["model.dtype=bfloat16", "training.bf16=true", "training.per_device_train_batch_size=16",
                       "grpo.trainer.num_generations=8", "grpo.data.num_samples=64", "grpo.env.turn_tokens=48"]
     recipe = load_recipe(GRPO_RECIPE, overrides)
     recipe.grpo["reward"]["judge"] = {**judge_spec, "on_failure": "fallback", "fallback": "rule"}

@@ -17,6 +17,9 @@ Modes:
     huge:N                200 with a VALID completion (`VERDICT: CORRECT`) padded with spaces to about N bytes,
                           streamed without Content-Length; `bytes_sent` records how much went out
     huge-declared:N       the same with Content-Length: N declared up front
+    logprobs:P            200 with a verdict line and `logprobs` whose top_logprobs at the verdict token give
+                          P(CORRECT) = P (the verdict word is CORRECT when P >= 0.5)
+    word:TEXT             200 whose content is TEXT (e.g. a bare verdict word), without logprobs
 
     with FaultServer(script=["429:1", "correct"]) as server:
         ... OpenAIJudgeConfig(base_url=server.base_url, ...)
@@ -51,14 +54,24 @@ def _quoted(prompt: str, label: str) -> str | None:
     return "\n".join(line[2:] for line in match.group(1).rstrip("\n").split("\n"))
 
 
-def _completion(content: str) -> bytes:
-    body = {
-        "id": "chatcmpl-test",
-        "object": "chat.completion",
-        "model": "fault-server",
-        "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": content}}],
-    }
+def _completion(content: str, logprobs: dict[str, Any] | None = None) -> bytes:
+    choice: dict[str, Any] = {"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": content}}
+    if logprobs is not None:
+        choice["logprobs"] = logprobs
+    body = {"id": "chatcmpl-test", "object": "chat.completion", "model": "fault-server", "choices": [choice]}
     return json.dumps(body).encode()
+
+
+def _logprobs_completion(p_correct: float) -> bytes:
+    """A verdict line whose verdict token carries top_logprobs with P(CORRECT) = p_correct."""
+    import math
+
+    word = "CORRECT" if p_correct >= 0.5 else "INCORRECT"
+    tokens = ["Looks", " fine", ".\n", "VER", "DICT", ":", f" {word}"]
+    top = [{"token": " CORRECT", "logprob": math.log(p_correct)},
+           {"token": " IN", "logprob": math.log(1 - p_correct)}]
+    content = [{"token": t, "logprob": -0.1, "top_logprobs": top if i == 6 else []} for i, t in enumerate(tokens)]
+    return _completion("".join(tokens), {"content": content})
 
 
 class FaultServer:
@@ -185,6 +198,10 @@ class FaultServer:
                 elif name == "grade":
                     same = _quoted(user, "CANDIDATE ANSWER") == _quoted(user, "REFERENCE ANSWER")
                     self._send(200, _completion(f"Compared.\nVERDICT: {'CORRECT' if same else 'INCORRECT'}"))
+                elif name == "logprobs":
+                    self._send(200, _logprobs_completion(float(arg)))
+                elif name == "word":
+                    self._send(200, _completion(arg))
                 elif name in ("correct", "incorrect"):
                     self._send(200, _completion(f"Looks {name}.\nVERDICT: {name.upper()}"))
                 else:

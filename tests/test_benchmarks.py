@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -33,10 +34,25 @@ def test_resolution_policy_bench_smoke(tmp_path):
                          capture_output=True, text=True, timeout=300)
     assert out.returncode != 0 and "no-adapter-here" in out.stderr  # a missing adapter folder is an error
     out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_resolution_policy.py"), "--questions", "6",
-                          "--repeats", "1", "--no-save", "--no-adapter"], capture_output=True, text=True, timeout=300)
+                          "--repeats", "1", "--no-save", "--no-adapter", "--large-questions", "3", "--large-size",
+                          "128"], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
-    assert "visual tokens per answered question, policy / always-full" in out.stdout
-    assert "wall time per answered question, policy / always-full" in out.stdout
+    assert out.stdout.count("visual tokens per answered question, policy / always-full") == 2  # default + large
+    assert out.stdout.count("wall time per answered question, policy / always-full, with KV reuse") == 2
+    assert out.stdout.count("wall time per answered question, policy / always-full, re-encoding") == 2
+    assert "same answers both ways: True" in out.stdout
+
+
+def test_grpo_overhead_bench_smoke():
+    """adaptune's GRPO path vs plain TRL with the same environment and reward logic: 2 steps, 1 repeat, both run and
+    the ratio line prints (numbers not asserted)."""
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_grpo_overhead.py"), "--steps", "2",
+                          "--repeats", "1", "--no-save"], capture_output=True, text=True, timeout=400,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "ratio adaptune / plain TRL: mean" in out.stdout and "95% interval" in out.stdout
+    lines = {line.split()[0]: line for line in out.stdout.splitlines() if line.startswith(("adaptune ", "plain "))}
+    assert set(lines) == {"adaptune", "plain"} and all("s/step" in line for line in lines.values())
 
 
 def test_reducers_bench_smoke():
@@ -47,3 +63,12 @@ def test_reducers_bench_smoke():
     assert "## LLM prefill" in out.stdout and "## full forward" in out.stdout and "selection ms" in out.stdout
     for case in ("full (16 tokens)", "fastervlm K=1", "divprune K=4", "tome K=9"):
         assert case in out.stdout
+
+
+def test_data_memory_bench_smoke():
+    """bench_data_memory.py on a few small rows: both paths measured in fresh processes, growth lines printed."""
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_data_memory.py"), "--rows", "40",
+                          "--side", "64"], capture_output=True, text=True, timeout=400)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "GRPO rows (Dataset.map)    per 1,000 rows (10 -> 40)" in out.stdout
+    assert "decoded list (old peak)    per 1,000 rows (10 -> 40)" in out.stdout

@@ -511,7 +511,7 @@ def _recipe(out, resume=False, overwrite=False):
         "task": {"name": "vqa_sft", "params": {"dataset": "unused", "num_train": 8, "num_eval": 3,
                                                "answer_format": "plain", "max_new_tokens": 2}},
         "adapter": {"method": "lora", "params": {"r": 2}},
-        "training": {"max_steps": 2, "batch_size": 2, "save_steps": 2},
+        "training": {"max_steps": 2, "per_device_train_batch_size": 2, "save_steps": 2},
         "output": {"dir": str(out), "overwrite": overwrite},
     })
     recipe.resume = resume

@@ -41,8 +41,8 @@ def test_sweep_cells_cover_every_method_and_budget(loaded):
 
 def test_command_writes_table_and_plot(tmp_path, capsys):
     out = tmp_path / "sweep"
-    assert main(["eval", "budgets", "model=tiny:qwen3_vl", "budgets=4", "reducers=fastervlm", "num_images=2",
-                 f"out={out}"]) == 0
+    assert main(["eval", "budgets", "--model", "tiny:qwen3_vl", "--budgets", "4", "--reducers", "fastervlm",
+                 "--num-images", "2", "--out", str(out)]) == 0
     cells = json.loads((out / "budgets.json").read_text())["results"]
     assert [c["name"] for c in cells] == ["full", "downsample@4", "fastervlm@4"]
     assert (out / "pareto.png").read_bytes().startswith(b"\x89PNG")
@@ -66,7 +66,7 @@ def _recipe(tmp_path, budget: dict, task: str = "vqa_sft", kind: str = "adapter"
             "task": {"name": task, "params": {"num_train": 8, "num_eval": 4, "answer_format": "plain",
                                               "max_new_tokens": 2}},
             "adapter": {"method": "lora", "params": {"r": 2}}, "budget": budget,
-            "training": {"max_steps": 2, "batch_size": 4, "save_steps": 2, "eval_limit": 4},
+            "training": {"max_steps": 2, "per_device_train_batch_size": 4, "save_steps": 2, "eval_limit": 4},
             "output": {"dir": str(tmp_path / "run")}}
     return load_recipe(data=data)
 

@@ -31,8 +31,9 @@ def _prompts(processor, n: int, question: str = "what is it") -> list[str]:
 
 
 def _flex_model(family: str, **config):
+    """A tiny model with TokenFLEX; budgets 4/9/16 unless `config` says (the default 64/144/256 is for real grids)."""
     model, processor = build_tiny(family, seed=0)
-    return get_peft_model(model, FlexProjectorConfig(**config)).eval(), processor
+    return get_peft_model(model, FlexProjectorConfig(**{"budgets": [4, 9, 16], **config})).eval(), processor
 
 
 def _flex_batch(family: str, processor, budget, n: int = 2, size: int = 128):

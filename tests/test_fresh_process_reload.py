@@ -58,7 +58,7 @@ def child_results(tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("reload")
     torch.manual_seed(0)
     model, processor = build_tiny("qwen3_vl", seed=0)
-    flex = get_peft_model(model, FlexProjectorConfig()).eval()
+    flex = get_peft_model(model, FlexProjectorConfig(budgets=[4, 9, 16])).eval()
     processor.tokenizer.padding_side = "left"
     message = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "what"}]}]
     text = [processor.apply_chat_template(message, add_generation_prompt=True, tokenize=False)] * 2

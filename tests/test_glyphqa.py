@@ -248,11 +248,39 @@ def test_digit_size_is_configurable():
 
 
 def test_build_script_is_not_a_package_and_builds(tmp_path):
+    """GlyphQA is written as a Hub-style dataset folder (parquet shards + a dataset card) that `load_dataset`,
+    the card API and adaptune's resolver read back; the rows are the generator's, images included."""
+    from huggingface_hub import DatasetCard
+
+    from adaptune.data.sources import load_source
+
     assert not (REPO / "datasets" / "__init__.py").exists()
     script = runpy.run_path(str(REPO / "datasets" / "build_glyphqa.py"), run_name="build_glyphqa")
-    script["main"](["--out", str(tmp_path), "--num-images", "6", "--num-validation", "2", "--num-test", "4",
-                    "--only", "glyphqa"])
-    loaded = datasets.load_from_disk(str(tmp_path / "glyphqa"))
-    assert {k: len(v) for k, v in loaded.items()} == {"train": 6, "validation": 2, "test": 4}
-    assert len(datasets.load_from_disk(str(tmp_path / "glyphqa_mix"))) == 4
+    args = ["--out", str(tmp_path), "--num-images", "7", "--num-validation", "2", "--num-test", "4", "--only",
+            "glyphqa", "--rows-per-shard", "3"]
+    script["main"](args)
+    folder = tmp_path / "glyphqa"
+    loaded = datasets.load_dataset(str(folder))
+    assert {k: len(v) for k, v in loaded.items()} == {"train": 7, "validation": 2, "test": 4}
+    assert len(list((folder / "data").glob("train-*-of-00003.parquet"))) == 3  # 7 rows, 3 per shard
+    expected = build_split(GlyphQAConfig(seed=0, num_images=7, num_validation=2, num_test=4), "train")
+    assert loaded["train"]["id"] == expected["id"] and loaded["train"]["answer"] == expected["answer"]
+    assert loaded["train"].features == expected.features  # Image, lists and structs survive the round trip
+    assert np.array_equal(np.asarray(loaded["train"][3]["image"]), np.asarray(expected[3]["image"]))
+    mix = datasets.load_dataset(str(folder), "heldout_mix")
+    assert list(mix) == ["test"] and len(mix["test"]) == 4
+    card = DatasetCard.load(folder / "README.md")
+    assert card.data.license == "apache-2.0" and "visual-question-answering" in card.data.task_categories
+    assert [c["config_name"] for c in card.data.configs] == ["default", "heldout_mix"]
+    info = {i["config_name"]: i for i in card.data.dataset_info}
+    assert {s["name"]: s["num_examples"] for s in info["default"]["splits"]} == {"train": 7, "validation": 2,
+                                                                                 "test": 4}
+    assert "--num-images 7" in card.text and "load_dataset" in card.text
+    rows = load_source(str(folder), "validation", key="task.params.dataset")  # a recipe's `dataset: <folder>`
+    assert rows["id"] == loaded["validation"]["id"]
+    script["main"](args[:3] + ["3"] + args[4:])  # a smaller rebuild leaves no stale shard behind
+    assert len(datasets.load_dataset(str(folder))["train"]) == 3
     assert (tmp_path / "glyphqa_calibration.png").exists()
+    (folder / "dataset_dict.json").write_text("{}")  # a save_to_disk copy in the way is refused, not mixed in
+    with pytest.raises(FileExistsError, match="save_to_disk"):
+        script["main"](args)

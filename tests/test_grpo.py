@@ -24,6 +24,7 @@ from adaptune.rl.trainer import grpo_config_kwargs
 from adaptune.budget.protocol import tool_call_text
 from adaptune.budget.two_turn import vision_token_ids
 from adaptune.train.rundir import latest_checkpoint
+from adaptune.train.convert import has_accelerator
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "recipes/qwen3_vl/glyphqa/visionthink_grpo_tiny.yaml"
@@ -82,6 +83,7 @@ def loaded():
 @pytest.mark.parametrize(("section", "key"), [
     ({"bogus": 1}, "grpo.bogus"),
     ({"trainer": {"num_generation": 4}}, "grpo.trainer.num_generation"),
+    ({"trainer": {"per_device_train_batch_size": 4}}, "grpo.trainer.per_device_train_batch_size"),  # training's
     ({"reward": {"judges": "rule"}}, "grpo.reward.judges"),
     ({"env": {"turn_token": 3}}, "grpo.env.turn_token"),
     ({"data": {"fine": 0.3}}, "grpo.data.fine"),
@@ -103,11 +105,13 @@ def test_more_than_one_tool_round_is_refused():
 def test_grpo_config_conversion(loaded, tmp_path):
     from trl import GRPOConfig
 
-    recipe = load_recipe(TINY, ["grpo.trainer.generation_kwargs={suppress_tokens: [7]}"])
+    recipe = load_recipe(TINY, ["grpo.trainer.generation_kwargs={suppress_tokens: [7]}",
+                                "training.report_to=[tensorboard]", "training.warmup_steps=0.5"])
     plan = parse_grpo_section(recipe)
     budget = completion_budget(loaded.processor, loaded.family, [(128, 128)], plan.env.turn_tokens)
     config = GRPOConfig(**grpo_config_kwargs(recipe, plan, loaded, tmp_path, budget))
-    assert config.use_cpu and not config.bf16
+    assert config.report_to == ["tensorboard"] and config.warmup_steps == 0.5  # training: names, both paths
+    assert config.use_cpu == (not has_accelerator()) and not config.bf16  # CPU only where there is no accelerator
     assert config.max_tool_calling_iterations == 1
     assert config.num_generations == 2 and config.generation_batch_size % config.num_generations == 0
     assert config.max_completion_length == budget["required"] == 2 * 12 + budget["tool_turn_tokens"]
@@ -163,9 +167,10 @@ def test_tool_turn_budget_matches_trl(loaded):
 def test_reward_section_builds_the_visionthink_reward_or_a_plugin():
     from adaptune.rl.trainer import build_reward_funcs
 
-    (direct,) = build_reward_funcs({"judge": "rule", "penalty": {"weight": 0.2}}, num_generations=4)
+    direct = build_reward_funcs({"judge": "rule", "penalty": {"weight": 0.2}}, num_generations=4)
     (plugin,) = build_reward_funcs({"plugin": str(ROOT / "rewards/visionthink.py"), "judge": "rule"}, 4)
-    assert direct.__name__ == plugin.__name__ == "visionthink" and direct.penalty.weight == 0.2
+    assert [f.__name__ for f in direct] == ["accuracy", "format", "resolution_penalty"]
+    assert plugin.__name__ == "visionthink" and direct[2].penalty.weight == 0.2
     with pytest.raises(RecipeError, match="grpo.reward"):
         build_reward_funcs({"judge": {"name": "rule", "bogus": 1}}, 4)
 
@@ -195,9 +200,13 @@ def test_grpo_steps_through_the_tool_path(tmp_path, one_thread):
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     train = [r for r in records if r["event"] == "train" and "reward" in r]
     assert len(train) == 2
-    for key in ("visionthink/accuracy", "visionthink/format", "visionthink/penalty", "visionthink/resize_rate",
+    for key in ("rewards/accuracy/mean", "rewards/format/mean", "rewards/resolution_penalty/mean",  # logged by TRL
+                "visionthink/resize_rate",
                 "visionthink/visual_tokens", "env/resize_rate", "env/visual_tokens", "tools/call_frequency"):
         assert key in train[0], key
+    for r in train:  # TRL summed the parts with the recipe's weights (accuracy 1, format 0.5, penalty 1)
+        parts = r["rewards/accuracy/mean"] + 0.5 * r["rewards/format/mean"] + r["rewards/resolution_penalty/mean"]
+        assert r["reward"] == pytest.approx(parts, abs=1e-5)
     assert sum(r["tools/call_frequency"] for r in train) > 0  # the tool path ran
     assert any(r["env/visual_tokens"] > 4 for r in train)  # some rollout paid for the full image
     # the adapter moved away from its initialisation (LoRA B starts at zero); the base stayed the seeded one
@@ -223,19 +232,41 @@ def test_grpo_steps_through_the_tool_path(tmp_path, one_thread):
     assert "Held-out comparison" in report and "rl_curves.png" in report and (run_dir / "plots/rl_curves.png").exists()
 
 
-def test_time_limit_stops_with_a_checkpoint(tmp_path, one_thread):
+def test_time_limit_stops_with_a_checkpoint(tmp_path, one_thread, caplog):
+    """The wall-time guard stops a run early with a checkpoint, and says so everywhere (log, metrics, eval, report)."""
     recipe = tiny_recipe(tmp_path / "run", "training.max_steps=50", "grpo.time_limit_minutes=0.0001",
                          "grpo.eval.enabled=false")
-    run_dir = run_grpo_recipe(recipe)
+    with caplog.at_level("WARNING", logger="adaptune"):
+        run_dir = run_grpo_recipe(recipe)
     assert latest_checkpoint(run_dir).name == "checkpoint-1"
-    assert json.loads((run_dir / "eval.json").read_text())["steps"] == 1
+    assert json.loads((run_dir / "trainer_state.json").read_text())["global_step"] == 1  # top level, as in HF runs
+    summary = json.loads((run_dir / "eval.json").read_text())
+    assert summary["steps"] == 1 and summary["max_steps"] == 50 and summary["cut_short"] is True
+    assert summary["cut_short_at"] == {"step": 1, "max_steps": 50, "minutes": 0.0001}
+    assert "CUT SHORT" in caplog.text and "step 1 of 50" in caplog.text
+    events = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert {"event": "cut_short", "step": 1, "max_steps": 50, "minutes": 0.0001} in events
+    assert "CUT SHORT at step 1 of 50" in (run_dir / "report.md").read_text()
+
+
+def test_runs_stop_at_their_step_count(tmp_path, one_thread):
+    """The stop rule is training.max_steps: a guard that does not fire leaves no CUT SHORT mark; a guard <= 0 is
+    refused."""
+    with pytest.raises(RecipeError, match="time_limit_minutes"):
+        parse_grpo_section(tiny_recipe(tmp_path / "bad", "grpo.time_limit_minutes=0", scripted=False))
+    recipe = tiny_recipe(tmp_path / "run", "training.max_steps=2", "grpo.time_limit_minutes=60",
+                         "grpo.eval.enabled=false")
+    run_dir = run_grpo_recipe(recipe)
+    summary = json.loads((run_dir / "eval.json").read_text())
+    assert summary["steps"] == 2 and summary["cut_short"] is False and summary["cut_short_at"] is None
+    assert "CUT SHORT" not in (run_dir / "report.md").read_text()
 
 
 def test_full_image_reaches_generation_and_the_loss_forward(tmp_path, one_thread):
     """After a resize, TRL feeds low + full image to the second turn AND to the training forward (no silent drop)."""
     from adaptune.rl.trainer import build_grpo_trainer
 
-    recipe = tiny_recipe(tmp_path / "run", "training.max_steps=1", "training.batch_size=8",
+    recipe = tiny_recipe(tmp_path / "run", "training.max_steps=1", "training.per_device_train_batch_size=8",
                          "grpo.trainer.num_generations=4")
     trainer, parts = build_grpo_trainer(recipe, tmp_path / "run" / "checkpoints")
     seen = []
@@ -259,10 +290,10 @@ def test_recipe_runs_under_accelerate_ddp_cpu(tmp_path):
     """The tiny recipe on 2 CPU processes (gloo): `accelerate launch --config_file recipes/accelerate/ddp_cpu.yaml`."""
     import yaml
 
-    recipe = tiny_recipe(tmp_path / "run", "training.batch_size=2", "grpo.eval.num_images=2")
+    recipe = tiny_recipe(tmp_path / "run", "training.per_device_train_batch_size=2", "grpo.eval.num_images=2")
     data = yaml.safe_load(Path(TINY).read_text())
     data["output"] = {"dir": str(tmp_path / "run")}
-    data["training"]["batch_size"] = 2
+    data["training"]["per_device_train_batch_size"] = 2
     data["grpo"]["trainer"]["generation_kwargs"] = recipe.grpo["trainer"]["generation_kwargs"]
     data["grpo"]["env"]["turn_tokens"] = recipe.grpo["env"]["turn_tokens"]
     data["grpo"]["eval"]["num_images"] = 2

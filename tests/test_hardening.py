@@ -34,8 +34,8 @@ def recipe_for(out, dataset="unused", **training):
         "task": {"name": "vqa_sft", "params": {"dataset": str(dataset), "num_train": 8, "num_eval": 3,
                                                "answer_format": "plain", "max_new_tokens": 2}},
         "adapter": {"method": "lora", "params": {"r": 2}},
-        "training": {"max_steps": 2, "batch_size": 2, "learning_rate": 5e-3, "save_steps": 2, "logging_steps": 1,
-                     "eval_limit": 3, **training},
+        "training": {"max_steps": 2, "per_device_train_batch_size": 2, "learning_rate": 5e-3, "save_steps": 2,
+                     "logging_steps": 1, "eval_limit": 3, **training},
         "output": {"dir": str(out)},
     })
 
@@ -392,17 +392,18 @@ def test_cli_train_into_a_file_or_an_unwritable_folder(tmp_path, capsys, monkeyp
 
 @pytest.mark.parametrize("key, value, message", [
     ("max_steps", -5, "max_steps: must be an integer >= 0"),
-    ("batch_size", 0, "batch_size: must be an integer >= 1"),
-    ("grad_accum", 0, "grad_accum: must be an integer >= 1"),
+    ("per_device_train_batch_size", 0, "per_device_train_batch_size: must be an integer >= 1"),
+    ("gradient_accumulation_steps", 0, "gradient_accumulation_steps: must be an integer >= 1"),
     ("learning_rate", float("nan"), "learning_rate: must be a finite number > 0"),
     ("learning_rate", 0.0, "learning_rate: must be a finite number > 0"),
     ("learning_rate", float("inf"), "learning_rate: must be a finite number > 0"),
     ("logging_steps", 0, "logging_steps"),
     ("save_steps", 0, "save_steps"),
-    ("warmup", -1.0, "warmup"),
+    ("warmup_steps", -1.0, "warmup_steps"),
     ("max_grad_norm", float("nan"), "max_grad_norm"),
     ("eval_limit", 0, "eval_limit"),
-    ("lr_scheduler", "cosine_nope", "unknown scheduler"),
+    ("lr_scheduler_type", "cosine_nope", "unknown scheduler"),
+    ("report_to", 3, "report_to"),
 ])
 def test_training_values_are_checked_before_the_run_folder(tmp_path, key, value, message):
     with pytest.raises(RecipeError, match=f"training.{message}" if not message.startswith("unknown") else message):

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import pytest
+import torch
 from PIL import Image
 
 from adaptune.budget import two_turn
 from adaptune.budget.protocol import is_resize_call as resize_call
 from adaptune.budget.protocol import tool_call_text
 from adaptune.budget.two_turn import answer_with_resolution_policy, vision_token_ids
-from adaptune.models import build_tiny, get_family
+from adaptune.models import build_tiny, get_family, load_model
 from adaptune.rl.inference import compare_methods
 
 CALL = "<think>too small</think>\n" + tool_call_text()
@@ -25,7 +26,8 @@ def scripted(monkeypatch):
     """Replace generation: answers depend on the question text; records every call."""
     calls = []
 
-    def fake(model, processor, texts, images, max_new_tokens=64, do_sample=False, temperature=1.0, suppress=None):
+    def fake(model, processor, texts, images, max_new_tokens=64, do_sample=False, temperature=1.0, suppress=None,
+             **kv_reuse):
         calls.append({"texts": texts, "images": images, "suppress": suppress})
         outs = []
         for text in texts:
@@ -104,3 +106,110 @@ def test_real_tiny_model_runs_every_mode(tiny, one_thread):
         assert len(results) == 2 and all(r.visual_tokens in (4, 16, 20) for r in results)
     assert resize_call(CALL) and not resize_call("<think>x</think><answer>1</answer>")
     assert get_family("qwen3_vl").visual_tokens(processor, 64, 64) == 4
+
+
+# ------------------------------------------------------------------------------------------------ KV reuse
+
+
+def force_protocol(model, processor, answer: str = "3", big: float = 60.0) -> None:
+    """Bias a model's greedy turns onto the protocol (every first turn calls the tool, the second answers), so a
+    random-weight model takes the two-turn path; the raw logits the tests compare are the model's own."""
+    tok = processor.tokenizer
+
+    def enc(text):
+        return tok(text, add_special_tokens=False)["input_ids"]
+
+    im_end = tok.convert_tokens_to_ids("<|im_end|>")
+    header = enc("<|im_start|>assistant\n")
+    after_tool = enc("</tool_response><|im_end|>\n<|im_start|>assistant\n")
+    tool = enc("<think>x</think>\n" + tool_call_text()) + [im_end]
+    final = enc(f"<think>z</think><answer>{answer}</answer>") + [im_end]
+    bias = {}
+    for before, seq in ((header, tool), (after_tool, final)):  # keyed on the turn header: no ambiguity
+        bias.update({tuple(before + seq[: k + 1]): big for k in range(len(seq))})
+    model.generation_config.sequence_bias = bias
+
+
+def _logits_per_forward(model):
+    """Records (tokens fed, last-position logits) of every forward; returns the list and the hook handle."""
+    seen = []
+
+    def hook(module, args, kwargs, out):
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        seen.append((ids.shape[1], out.logits[:, -1].detach().clone()))
+
+    return seen, model.register_forward_hook(hook, with_kwargs=True)
+
+
+def _two_ways(model, processor, images, questions, **kwargs):
+    out = {}
+    for kv in (True, False):
+        seen, handle = _logits_per_forward(model)
+        try:
+            results = answer_with_resolution_policy(model, processor, images, questions, kv_reuse=kv, **kwargs)
+        finally:
+            handle.remove()
+        out[kv] = (results, seen)
+    return out
+
+
+@pytest.mark.parametrize("family", ["qwen3_vl", "qwen2_5_vl"])
+def test_kv_reuse_equals_reencoding_on_tiny_families(family, one_thread):
+    """The second turn continued from the first turn's cache gives the re-encoding path's logits (float tolerance)
+    and answers, while prefilling fewer tokens; rows of different lengths share one left-padded batch."""
+    model, processor = build_tiny(family, seed=1)
+    force_protocol(model, processor)
+    side = 128 if family == "qwen3_vl" else 112
+    images = [Image.new("RGB", (side, side), (200, 40 * i, 30)) for i in range(3)]
+    questions = ["What digit is written?", "How many shapes are in the picture, counting all of them?", "Color?"]
+    runs = _two_ways(model, processor, images, questions, max_new_tokens=40)
+    (kv_results, kv_seen), (re_results, re_seen) = runs[True], runs[False]
+    assert all(r.resized and r.turns == 2 for r in re_results)  # the path under test ran
+    assert [r.raw for r in kv_results] == [r.raw for r in re_results]
+    assert len(kv_seen) == len(re_seen)
+    for (n_kv, a), (n_re, b) in zip(kv_seen, re_seen):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+    prefills_kv = [n for n, _ in kv_seen if n > 1]
+    prefills_re = [n for n, _ in re_seen if n > 1]
+    assert prefills_kv[0] == prefills_re[0]  # the first turn is the same call
+    assert prefills_kv[1] < prefills_re[1] // 2  # the second turn prefilled only its new tail
+
+
+def test_kv_reuse_equals_reencoding_on_the_default(one_thread):
+    """The embedded default (`adaptune.default`), GlyphQA rows: same answers and logits both ways."""
+    from adaptune.data import GlyphQAConfig, heldout_mix
+
+    loaded = load_model("default")
+    force_protocol(loaded.model, loaded.processor)
+    rows = heldout_mix(GlyphQAConfig(seed=0), fine_fraction=0.5, num_images=4)
+    try:
+        runs = _two_ways(loaded.model, loaded.processor, list(rows["image"]), list(rows["question"]),
+                         max_new_tokens=40)
+    finally:
+        loaded.model.generation_config.sequence_bias = None
+    (kv_results, kv_seen), (re_results, re_seen) = runs[True], runs[False]
+    assert all(r.resized for r in kv_results) and [r.raw for r in kv_results] == [r.raw for r in re_results]
+    for (_, a), (_, b) in zip(kv_seen, re_seen, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_kv_reuse_falls_back_with_a_logged_reason(one_thread, caplog, monkeypatch):
+    """A model with budget hooks (token reducers, TokenFLEX) re-encodes, says why, and still answers the same."""
+    from adaptune.budget.inputs import add_budget_listener, remove_budget_listener
+    from adaptune.budget import prefix_cache
+    from adaptune.budget.prefix_cache import unsupported_reason
+
+    monkeypatch.setattr(prefix_cache, "_LOGGED", set())  # each reason is logged once per process
+    model, processor = build_tiny("qwen3_vl", seed=1)
+    force_protocol(model, processor)
+    questions = ["What digit is written?", "Color?"]
+    expected = answer_with_resolution_policy(model, processor, IMAGES, questions, max_new_tokens=40, kv_reuse=False)
+    add_budget_listener(model, "test", lambda m, call: None)
+    try:
+        assert "budget hooks" in unsupported_reason(model, {"image_grid_thw": 1, "mm_token_type_ids": 1})
+        with caplog.at_level("WARNING", logger="adaptune"):
+            got = answer_with_resolution_policy(model, processor, IMAGES, questions, max_new_tokens=40)
+    finally:
+        remove_budget_listener(model, "test")
+    assert "KV reuse off" in caplog.text and "budget hooks" in caplog.text
+    assert [r.raw for r in got] == [r.raw for r in expected]

@@ -10,13 +10,16 @@ errors, timeouts or invalid bodies. Skips with a reason when the server cannot s
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -45,26 +48,24 @@ def _serve_command() -> list[str]:
     return [found, "serve"]
 
 
-@pytest.fixture(scope="module")
-def served_model(tmp_path_factory):
+@contextlib.contextmanager
+def transformers_serve(folder: Path, startup_s: float = 60.0) -> Iterator[str]:
+    """`transformers serve FOLDER` on a free loopback port (offline, CPU); yields the /v1 base URL, then stops the
+    server's whole process group. Skips the test with the server's log tail when it cannot start here."""
     pytest.importorskip("fastapi", reason="transformers serve needs the [serving] extra")
     pytest.importorskip("uvicorn", reason="transformers serve needs the [serving] extra")
-    folder = tmp_path_factory.mktemp("tiny_judge")
-    model, tokenizer = tiny_causal_lm()
-    tokenizer.chat_template = CHAT_TEMPLATE
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
     port = closed_port()
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    log = open(folder / "serve.log", "wb")  # noqa: SIM115 - closed in the teardown below
+    log_path = Path(tempfile.mkdtemp(prefix="serve-log-")) / "serve.log"
+    log = open(log_path, "wb")  # noqa: SIM115 - closed in the finally below
     cmd = [*_serve_command(), str(folder), "--host", "127.0.0.1", "--port", str(port), "--device", "cpu"]
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     try:
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + startup_s
         while True:
             if proc.poll() is not None:
                 pytest.skip(f"transformers serve exited with {proc.returncode}: "
-                            f"{(folder / 'serve.log').read_text(errors='replace')[-500:]}")
+                            f"{log_path.read_text(errors='replace')[-500:]}")
             try:
                 with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as response:
                     if response.status == 200:
@@ -72,9 +73,9 @@ def served_model(tmp_path_factory):
             except OSError:
                 pass
             if time.monotonic() > deadline:
-                pytest.skip("transformers serve did not become healthy within 60 s")
+                pytest.skip(f"transformers serve did not become healthy within {startup_s:.0f} s")
             time.sleep(0.5)
-        yield f"http://127.0.0.1:{port}/v1", str(folder)
+        yield f"http://127.0.0.1:{port}/v1"
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGTERM)
@@ -84,6 +85,18 @@ def served_model(tmp_path_factory):
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait(timeout=10)
         log.close()
+        shutil.rmtree(log_path.parent, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def served_model(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tiny_judge")
+    model, tokenizer = tiny_causal_lm()
+    tokenizer.chat_template = CHAT_TEMPLATE
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    with transformers_serve(folder) as base_url:
+        yield base_url, str(folder)
 
 
 def test_openai_judge_against_transformers_serve(served_model, tmp_path: Path) -> None:

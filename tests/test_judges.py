@@ -272,7 +272,8 @@ def tiny_causal_lm():
 
 def test_hf_judge_random_model_gives_counted_parse_failures() -> None:
     model, tokenizer = tiny_causal_lm()
-    judge = HFJudge(HFJudgeConfig(batch_size=2, max_new_tokens=12), model=model, tokenizer=tokenizer)
+    judge = HFJudge(HFJudgeConfig(batch_size=2, max_new_tokens=12, verdict="generate"), model=model,
+                    tokenizer=tokenizer)
     verdicts = judge.score_sync([item("Paris"), item("VERDICT: CORRECT"), item("London")])
     assert all(v.score is None for v in verdicts)
     assert judge.stats() == {"requests": 3, "batches": 2, "parse_failures": 3}
@@ -284,9 +285,10 @@ def test_hf_judge_scripted_and_generation_errors() -> None:
         answers = [messages[1]["content"].split("BEGIN CANDIDATE ANSWER\n| ")[1].split("\n")[0] for messages in batch]
         return [f"ok\nVERDICT: {'CORRECT' if a == 'Paris' else 'INCORRECT'}" for a in answers]
 
-    judge = HFJudge(generate_fn=scripted)
+    judge = HFJudge(HFJudgeConfig(verdict="generate"), generate_fn=scripted)
     assert [v.score for v in judge.score_sync([item("Paris"), item("VERDICT: CORRECT")])] == [1.0, 0.0]
-    broken = HFJudge(generate_fn=lambda batch: ["VERDICT: CORRECT"])  # wrong count -> a counted error
+    # wrong count -> a counted error
+    broken = HFJudge(HFJudgeConfig(verdict="generate"), generate_fn=lambda batch: ["VERDICT: CORRECT"])
     assert [v.score for v in broken.score_sync([item("a"), item("b")])] == [None, None]
     assert broken.stats()["errors"] == 2
     with pytest.raises(ValueError, match="model_path"):

@@ -18,11 +18,11 @@ PACKAGE = "adaptune"
 LAYERS: dict[str, int] = {
     "adaptune/config.py": 1, "adaptune/registry.py": 1, "adaptune/version.py": 1, "adaptune/utils/": 1,
     "adaptune/data/": 2,
-    "adaptune/models/": 3, "adaptune/adapters.py": 3,
+    "adaptune/models/": 3, "adaptune/adapters.py": 3, "adaptune/card.py": 3,
     "adaptune/budget/": 4,
     "adaptune/methods/": 5,
     "adaptune/tasks/": 6, "adaptune/train/": 6, "adaptune/rl/": 6,
-    "adaptune/eval/": 7, "adaptune/default/": 7, "adaptune/pretrain/": 7, "adaptune/demo.py": 7,
+    "adaptune/eval/": 7, "adaptune/default/": 7, "adaptune/pretrain/": 7, "adaptune/demo.py": 7, "adaptune/share.py": 7,
     "adaptune/cli.py": 8, "adaptune/__main__.py": 8,
     "adaptune/__init__.py": 8,  # the package face: only the command line may import it
 }

@@ -49,7 +49,7 @@ def _lora_config(family: str, model: Any) -> LoraConfig:
 def _seg_shallow_config(family: str, model: Any) -> PeftConfig:
     from adaptune.methods.seg_adapter import SegAdapterConfig
 
-    return SegAdapterConfig(variant="shallow", modality="VLC")
+    return SegAdapterConfig(variant="shallow", modality="VLC", r=32)  # tiny width (the default 512 is for real ones)
 
 
 LORA = Method("lora", tuple(adaptune.FAMILIES), _lora_config, mergeable=True)

@@ -93,3 +93,40 @@ def test_recipe_kinds_dispatch_through_the_registry():
     recipe = load_recipe(data={"name": "x", "kind": "bogus", "task": {"name": "vqa_sft"}})
     with pytest.raises(RecipeError, match="kind must be 'adapter' or 'grpo', got 'bogus'"):
         run_recipe(recipe)
+
+
+@pytest.mark.parametrize("old, new", [("batch_size", "per_device_train_batch_size"),
+                                      ("grad_accum", "gradient_accumulation_steps"),
+                                      ("lr_scheduler", "lr_scheduler_type"), ("warmup", "warmup_steps")])
+def test_old_training_names_name_their_transformers_key(tmp_path, old, new):
+    path = write(tmp_path, f"name: x\ntask: {{name: vqa_sft}}\ntraining: {{{old}: 1}}\n")
+    with pytest.raises(RecipeError, match=rf"recipe\.yaml: training\.{old}: renamed to training\.{new}"):
+        load_recipe(path)
+    with pytest.raises(RecipeError, match=rf"override.*training\.{old}: renamed to training\.{new}"):
+        load_recipe(write(tmp_path, "name: x\ntask: {name: vqa_sft}\n"), [f"training.{old}=1"])
+
+
+def test_training_fields_are_the_trainingarguments_fields(tmp_path):
+    """Every `training:` key except adaptune's own (eval_limit, extra) is a TrainingArguments field of that name,
+    and it arrives there unchanged."""
+    import dataclasses
+
+    from transformers import TrainingArguments
+
+    from adaptune.config import TrainingSection
+    from adaptune.train.convert import to_training_arguments
+
+    ours = {f.name for f in dataclasses.fields(TrainingSection)} - {"eval_limit", "extra"}
+    assert ours <= {f.name for f in dataclasses.fields(TrainingArguments)}
+    recipe = load_recipe(write(tmp_path, "name: x\ntask: {name: vqa_sft}\n"), [
+        "training.per_device_train_batch_size=3", "training.gradient_accumulation_steps=2",
+        "training.lr_scheduler_type=linear", "training.warmup_steps=0.25", "training.weight_decay=0.5"])
+    args = to_training_arguments(recipe, tmp_path / "ck")
+    assert (args.per_device_train_batch_size, args.gradient_accumulation_steps, args.lr_scheduler_type.value,
+            args.warmup_steps, args.weight_decay) == (3, 2, "linear", 0.25, 0.5)
+    assert args.get_warmup_steps(100) == 25
+    with pytest.raises(RecipeError, match="training.extra.learning_rate: a training field"):
+        load_recipe(write(tmp_path, "name: x\ntask: {name: vqa_sft}\ntraining: {extra: {learning_rate: 1.0}}\n"))
+    with pytest.raises(RecipeError, match="training.extra.not_a_field: not a transformers.TrainingArguments field"):
+        to_training_arguments(load_recipe(data={"name": "x", "task": {"name": "vqa_sft"},
+                                                "training": {"extra": {"not_a_field": 1}}}), tmp_path)

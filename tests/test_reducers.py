@@ -291,7 +291,7 @@ def test_refused_models_and_one_budget_method_at_a_time(tiny):
 
     from adaptune.methods.flex_projector import FlexProjectorConfig
 
-    flex = get_peft_model(build_tiny("qwen3_vl", seed=0)[0], FlexProjectorConfig())
+    flex = get_peft_model(build_tiny("qwen3_vl", seed=0)[0], FlexProjectorConfig(budgets=[4, 9, 16]))
     with pytest.raises(ValueError, match="flex_projector"):
         reduce_tokens(flex, "divprune")
 

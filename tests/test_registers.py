@@ -80,6 +80,47 @@ def test_llava_feature_layer_minus_two_sees_no_registers():
     assert peft_model.base_model.model.model.vision_tower.embeddings.reg_tokens["default"].grad is not None
 
 
+def test_llava_distils_the_layer_it_reads_and_every_trainable_weight_learns():
+    """LLaVA-1.5 reads the tower's hidden_states[-2] (the tiny LLaVA too): the teacher's target is that layer (not
+    `last_hidden_state`), the unlocked block is the one that produces it (not the last one, whose copy would get zero
+    gradient), and one distillation step gives every trainable weight a non-zero gradient."""
+    model, processor = _frozen_tiny("llava")
+    layer = model.config.vision_feature_layer
+    vision = model.model.vision_tower
+    blocks = len(vision.encoder.layers)
+    assert layer == -2 and blocks == 2
+    pixels = _pixels("llava", processor)
+    with torch.no_grad():
+        states = vision(pixel_values=pixels, output_hidden_states=True).hidden_states
+    peft_model = get_peft_model(model, RegistersConfig(num_registers=2, num_views=3))
+    config = peft_model.peft_config["default"]
+    assert config.feature_block == blocks + layer == 0
+    assert "model.vision_tower.encoder.layers.0" in config.target_modules
+    assert not any(f"layers.{blocks - 1}." in n for n, p in peft_model.named_parameters() if p.requires_grad)
+    target = denoised_target(peft_model, "llava", pixels, [View()])  # one identity view: the base's own features
+    read = states[layer][:, 1:].reshape(target.shape)  # CLS dropped, as LLaVA's "default" strategy does
+    torch.testing.assert_close(target, read, rtol=0, atol=1e-6)
+    assert not torch.allclose(target, states[-1][:, 1:].reshape(target.shape))  # the tower's output is another layer
+    from adaptune.methods.registers.distill import Distiller
+
+    loss, _ = Distiller(config, "llava").loss(peft_model, pixels)
+    loss.backward()
+    trainable = {n: p for n, p in peft_model.named_parameters() if p.requires_grad}
+    assert len(trainable) > 3
+    silent = [n for n, p in trainable.items() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert not silent, f"trainable weights without gradient: {silent}"
+
+
+def test_llava_adapter_refuses_a_model_that_reads_another_layer(tmp_path):
+    model, _ = build_tiny("llava")
+    get_peft_model(model, RegistersConfig(num_registers=2)).save_pretrained(tmp_path)
+    assert PeftModel.from_pretrained(build_tiny("llava")[0], tmp_path).peft_config["default"].feature_block == 0
+    last, _ = build_tiny("llava")
+    last.config.vision_feature_layer = -1  # reads the tower's output: the registers were trained for block 0
+    with pytest.raises(ValueError, match="feature_block 0 vs 1"):
+        PeftModel.from_pretrained(last, tmp_path)
+
+
 def test_unlocked_copies_are_trained_and_saved_originals_kept(tmp_path):
     model, processor = _frozen_tiny("clip")
     original = {k: v.clone() for k, v in model.state_dict().items()}

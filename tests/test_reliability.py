@@ -89,8 +89,8 @@ name: killtest
 model: {{source: "tiny:qwen3_vl"}}
 task: {{name: vqa_sft, params: {{dataset: "{dataset}", num_train: 48, num_eval: 9, answer_format: plain}}}}
 adapter: {{method: lora, params: {{r: 4}}}}
-training: {{max_steps: {steps}, batch_size: 4, learning_rate: 0.005, save_steps: 4, logging_steps: 2,
-           eval_limit: 3, lr_scheduler: constant}}
+training: {{max_steps: {steps}, per_device_train_batch_size: 4, learning_rate: 0.005, save_steps: 4, logging_steps: 2,
+           eval_limit: 3, lr_scheduler_type: constant}}
 """
     path = tmp_path / "recipe.yaml"
     path.write_text(text)

@@ -286,3 +286,129 @@ def test_plugin_file(tmp_path: Path) -> None:
     with pytest.raises(TypeError):
         module.build_reward_funcs({"bogus": 1})
     json.dumps(fn.judge.stats())  # counters are plain, loggable numbers
+
+
+# ---------------------------------------------------------------- the reward as TRL reward functions + weights
+def _trl_sum(parts: list[list[float | None]], weights: list[float]) -> list[float | None]:
+    """TRL 1.16's combination (GRPOTrainer._generate_and_score_completions): None -> NaN, weighted nansum, a row
+    where every function returned None is unscorable (NaN)."""
+    import torch
+
+    table = torch.tensor([[float("nan") if v is None else v for v in col] for col in parts]).T
+    total = (table * torch.tensor(weights).unsqueeze(0)).nansum(dim=1)
+    total[torch.isnan(table).all(dim=1)] = float("nan")
+    return [None if v != v else v for v in total.tolist()]
+
+
+SPLIT_BATCH = [
+    [answer_turn("7")], [tool_turn(), TOOL_RESPONSE, answer_turn("7")],  # group 1: direct right, resized right
+    [parsed_tool_turn(), TOOL_RESPONSE, answer_turn("7")], [answer_turn("3")],
+    [answer_turn("FAIL")], [answer_turn("7")], [answer_turn("7")], [answer_turn("7")],  # group 2: dropped
+    "<answer>7</answer>", [answer_turn("3")], [tool_turn(), TOOL_RESPONSE, answer_turn("3")],  # group 3: bad format,
+    [tool_turn(), TOOL_RESPONSE, answer_turn("7")],                                          # mostly resized
+]
+
+
+@pytest.mark.parametrize("options", [
+    {},
+    {"penalty": {"variant": "official", "weight": 0.3}, "format_weight": 0.25},
+    {"penalty": {"variant": "rate", "theta": 0.6}, "accuracy_weight": 2.0},
+    {"penalty": {"undefined_ratio": 0.0, "weight": 0.5}, "format_weight": 0.0},
+])
+def test_split_rewards_sum_to_the_summed_reward(options) -> None:
+    """accuracy, format and resolution_penalty with their weights, combined as TRL combines them, equal the old
+    one-callable reward on the same completions (dropped groups included); the judge is asked once per batch."""
+    from adaptune.rl.rewards import make_visionthink_rewards
+
+    kwargs = dict(prompts=["p1"] * 4 + ["p2"] * 4 + ["p3"] * 4, completions=SPLIT_BATCH, answer=["7"] * 12)
+    summed = run(make_visionthink_reward(judge=CountingJudge(), num_generations=4, **options)(**kwargs))
+    judge = CountingJudge()
+    rewards = make_visionthink_rewards(judge=judge, num_generations=4, **options)
+    assert rewards.names == ["accuracy", "format", "resolution_penalty"]
+
+    async def trl_step():  # TRL gathers the async reward functions on one event loop
+        return await asyncio.gather(*(f(**kwargs) for f in rewards.funcs))
+
+    parts = run(trl_step())
+    assert judge.counters["requests"] == 12  # 12 rollouts: each answer judged once, not once per part
+    combined = _trl_sum(parts, rewards.weights)
+    assert [v is None for v in combined] == [v is None for v in summed] == [False] * 4 + [True] * 4 + [False] * 4
+    assert [v for v in combined if v is not None] == pytest.approx([v for v in summed if v is not None], abs=1e-6)
+    assert all(col[4:8] == [None] * 4 for col in parts)  # the dropped group is None in EVERY part
+    assert any(p != 0 for p in parts[2] if p is not None)  # the penalty acted in this batch
+
+
+def test_split_rewards_keep_the_group_penalty_and_the_dropped_groups_guard() -> None:
+    from adaptune.rl.rewards import DroppedGroupsError, make_visionthink_rewards
+
+    penalty = make_visionthink_rewards(judge="rule", num_generations=2).funcs[2]
+    batch = [[tool_turn(), TOOL_RESPONSE, answer_turn("7")], [answer_turn("7")]]
+    assert run(penalty(prompts=["a", "a"], completions=batch, answer=["7", "7"])) == [-0.1, 0.0]  # r = 1/2
+    # the same rollouts as groups of one: each group sees only itself (r = 0 or 1), so nobody pays
+    alone = make_visionthink_rewards(judge="rule", num_generations=1).funcs[2]
+    assert run(alone(prompts=["a", "b"], completions=batch, answer=["7", "7"])) == [0.0, 0.0]
+    failing = make_visionthink_rewards(judge=CountingJudge(), num_generations=2, dropped_window=2)
+
+    async def step():  # a new completions list each step, as TRL passes it
+        batch = [[answer_turn("FAIL")], [answer_turn("7")]]
+        return await asyncio.gather(*(f(prompts=["a", "a"], completions=batch, answer=["7", "7"])
+                                      for f in failing.funcs))
+
+    assert run(step()) == [[None, None]] * 3  # window not full yet
+    with pytest.raises(DroppedGroupsError, match="100% of reward groups"):
+        run(step())
+
+
+def test_recipe_names_rewards_by_registry_name_dotted_path_and_file(tmp_path) -> None:
+    from adaptune.config import RecipeError, load_recipe
+    from adaptune.rl.sections import parse_grpo_section
+    from adaptune.rl.trainer import build_rewards
+
+    tiny = Path(__file__).resolve().parents[1] / "recipes/qwen3_vl/glyphqa/visionthink_grpo_tiny.yaml"
+    plugin = tmp_path / "extra_rewards.py"
+    plugin.write_text("def short(completions, **kwargs):\n    return [-len(str(c)) / 1000 for c in completions]\n\n"
+                      "def make_bonus(value=1.0):\n    def bonus(completions, **kwargs):\n"
+                      "        return [value] * len(completions)\n    return bonus\n")
+    recipe = load_recipe(tiny, [
+        "grpo.rewards=[{name: format, weight: 0.25}, {name: accuracy, weight: 2.0}, resolution_penalty,"
+        " {name: 'adaptune.rl.rewards:make_format_reward', params: {max_tool_calls: 2}},"
+        f" {{name: '{plugin}:short', weight: 0.1}}, {{name: '{plugin}:make_bonus', params: {{value: 3.0}}}}]"])
+    plan = parse_grpo_section(recipe)
+    rewards = build_rewards(plan.reward, plan.rewards, 2)
+    assert rewards.names == ["format", "accuracy", "resolution_penalty", "format", "short", "bonus"]
+    assert rewards.weights == [0.25, 2.0, 1.0, 1.0, 0.1, 1.0]
+    assert rewards.funcs[0].scorer is rewards.funcs[1].scorer is rewards.funcs[2].scorer  # one judged batch
+    assert rewards.funcs[5](completions=["a"]) == [3.0]
+    default = parse_grpo_section(load_recipe(tiny, ["grpo.reward.format_weight=0.2"]))
+    assert [(e.name, e.weight) for e in default.rewards] == [("accuracy", 1.0), ("format", 0.2),
+                                                             ("resolution_penalty", 1.0)]
+    for override, message in [
+        ("grpo.rewards=[{name: nope}]", r"grpo.rewards\[0\].name: unknown reward 'nope'"),
+        ("grpo.rewards=[{name: 'no_such_module_x:f'}]", r"grpo.rewards\[0\].name: cannot import 'no_such_module_x'"),
+        ("grpo.rewards=[{name: 'adaptune.rl.rewards:nope'}]", r"grpo.rewards\[0\].name: .* has no 'nope'"),
+        ("grpo.rewards=[{name: accuracy, wieght: 1}]", r"grpo.rewards\[0\].wieght: unknown key"),
+        ("grpo.rewards=[accuracy, accuracy]", "'accuracy' listed twice"),
+        ("grpo.rewards=[{name: accuracy, params: {judge: rule}}]", r"grpo.rewards\[0\].params: .*grpo.reward"),
+        ("grpo.trainer.reward_weights=[1, 2, 3]", "grpo.trainer.reward_weights: the weights live"),
+    ]:
+        with pytest.raises(RecipeError, match=message):
+            parse_grpo_section(load_recipe(tiny, [override]))
+    with pytest.raises(RecipeError, match="grpo.reward.format_weight: with grpo.rewards"):
+        parse_grpo_section(load_recipe(tiny, ["grpo.reward.format_weight=0.2", "grpo.rewards=[accuracy]"]))
+
+
+def test_reward_plugin_by_dotted_path_and_by_file_function(tmp_path, monkeypatch) -> None:
+    from adaptune.rl.trainer import build_rewards
+
+    (tmp_path / "my_rewards_pkg").mkdir()
+    (tmp_path / "my_rewards_pkg" / "__init__.py").write_text(
+        "from adaptune.rl.rewards import RewardSet\n\n"
+        "def length(completions, **kwargs):\n    return [float(len(str(c))) for c in completions]\n\n"
+        "def build_reward_funcs(section):\n    return RewardSet([length], [section.get('scale', 1.0)])\n\n"
+        "def plain(section):\n    return [length]\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    made = build_rewards({"plugin": "my_rewards_pkg", "scale": 0.5}, None, 2)
+    assert made.names == ["length"] and made.weights == [0.5]
+    assert build_rewards({"plugin": "my_rewards_pkg:plain"}, None, 2).weights == [1.0]
+    file_made = build_rewards({"plugin": f"{tmp_path / 'my_rewards_pkg' / '__init__.py'}:plain"}, None, 2)
+    assert file_made.funcs[0](completions=["abc"]) == [3.0]

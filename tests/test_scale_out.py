@@ -154,8 +154,9 @@ def test_forward_through_ddp_gives_the_peft_model_inside_the_wrapper_forward(tmp
 # ----------------------------------------------------------------------------------------------- two processes
 
 
-def _recipes(tmp_path: Path, vqa: Path, batch_size: int, tag: str) -> dict[str, Path]:
-    """One tiny recipe per adapter method (2 steps, a checkpoint at step 2)."""
+def _recipes(tmp_path: Path, vqa: Path, batch_size: int, tag: str,
+             training: dict | None = None) -> dict[str, Path]:
+    """One tiny recipe per adapter method (2 steps, a checkpoint at step 2; `training`: more training keys)."""
     vqa_params = {"dataset": str(vqa), "num_train": 16, "num_eval": 4, "answer_format": "plain", "max_new_tokens": 2}
     cases = {
         "lora": ("tiny:qwen3_vl", {"name": "vqa_sft", "params": vqa_params}, {"method": "lora", "params": {"r": 2}}),
@@ -174,8 +175,8 @@ def _recipes(tmp_path: Path, vqa: Path, batch_size: int, tag: str) -> dict[str, 
     paths = {}
     for method, (source, task, adapter) in cases.items():
         data = {"name": f"{method}-{tag}", "model": {"source": source}, "task": task, "adapter": adapter,
-                "training": {"max_steps": 2, "batch_size": batch_size, "learning_rate": 1e-3, "save_steps": 2,
-                             "logging_steps": 1, "eval_limit": 4},
+                "training": {"max_steps": 2, "per_device_train_batch_size": batch_size, "learning_rate": 1e-3,
+                             "save_steps": 2, "logging_steps": 1, "eval_limit": 4, **(training or {})},
                 "output": {"dir": str(tmp_path / "runs" / f"{method}-{tag}")}}
         paths[method] = tmp_path / f"{method}-{tag}.yaml"
         paths[method].write_text(yaml.safe_dump(data))
@@ -234,3 +235,65 @@ def test_every_adapter_method_trains_on_two_processes(tmp_path, vqa_dataset_dir)
         assert single.keys() == double.keys()
         for key in single:
             torch.testing.assert_close(double[key], single[key], rtol=1e-4, atol=1e-5, msg=f"{method}: {key}")
+
+
+# ----------------------------------------------------------------------------------------------- FSDP 2 on CPU
+
+# what a rank other than 0 writes into a run directory under FSDP with SHARDED_STATE_DICT (recipes/accelerate/fsdp.yaml):
+# besides the RNG state, its own shard of the model and optimizer state in the checkpoint (resuming needs them)
+NON_MAIN_ALLOWED_FSDP = re.compile(
+    r"^(os\.mkdir .*/checkpoints(/checkpoint-\d+(/(pytorch_model_fsdp|optimizer)_0)?)?"
+    r"|open .*/checkpoints/checkpoint-\d+/(pytorch_model_fsdp|optimizer)_0/__1_0\.distcp)$")
+
+
+@pytest.mark.slow
+def test_fsdp2_on_two_cpu_processes_saves_the_ddp_adapter(tmp_path, vqa_dataset_dir):
+    """accelerate's own FSDP 2 (`recipes/accelerate/fsdp.yaml`, 2 processes, gloo) on CPU: accelerate would run DDP
+    there, so the helper's `--cpu-fsdp` lets it pick FSDP (tests/multiproc_run.py says how). LoRA and TokenFLEX
+    (Qwen3-VL) train sharded, the adapter is gathered through the trainer's accelerator and equals the one DDP trains
+    in the same launch (same seeds, same per-rank batches); evaluation mid-run (every step) and at the end runs on
+    every rank inside `lifecycle.gathered` and gives the DDP run's figures."""
+    from safetensors.torch import load_file
+
+    methods = ("lora", "flex_projector")
+    runs = {tag: {m: p for m, p in _recipes(tmp_path, vqa_dataset_dir, batch_size=4, tag=tag,
+                                            training={"eval_steps": 1}).items() if m in methods}
+            for tag in ("fsdp", "ddp")}
+    spy = tmp_path / "spy"
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(ACCELERATE / "fsdp.yaml"),
+           "--num_processes", "2", "--mixed_precision", "no", str(HELPER), "--cpu-fsdp", str(spy),
+           *(str(runs[tag][m]) for m in methods for tag in ("fsdp", "ddp"))]
+    proc = subprocess.run(cmd, cwd=ROOT, env={**_env(), "CUDA_VISIBLE_DEVICES": ""}, capture_output=True, text=True,
+                          timeout=400)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    for method in methods:
+        records = {tag: [json.loads((spy / f"{method}-{tag}.rank{r}.json").read_text()) for r in (0, 1)]
+                   for tag in ("fsdp", "ddp")}
+        for tag, sharded in (("fsdp", True), ("ddp", False)):
+            for r in records[tag]:
+                assert r["world_size"] == 2 and r["steps"] == 2 and r["backend"] == "gloo", r
+                assert r["sharded"] is sharded and (r["dtensors"] > 0) is sharded, r
+                assert r["distributed_type"].endswith("FSDP" if sharded else "MULTI_CPU"), r
+        strays = [w for w in records["fsdp"][1]["writes"] if not NON_MAIN_ALLOWED_FSDP.match(w)]
+        assert not strays, f"rank 1 wrote into the run directory: {strays}"
+        assert any(w.endswith("__1_0.distcp") for w in records["fsdp"][1]["writes"])  # its shard of the checkpoint
+
+        run = {tag: tmp_path / "runs" / f"{method}-{tag}" for tag in ("fsdp", "ddp")}
+        fsdp, ddp = (load_file(run[t] / "adapter" / "adapter_model.safetensors") for t in ("fsdp", "ddp"))
+        assert fsdp.keys() == ddp.keys() and fsdp
+        for key in ddp:
+            torch.testing.assert_close(fsdp[key], ddp[key], rtol=1e-5, atol=1e-6, msg=f"{method}: {key}")
+        if method == "lora":  # trained: LoRA's B starts at zero
+            assert any(float(v.abs().max()) > 0 for k, v in fsdp.items() if "lora_B" in k)
+
+        def figures(path: Path) -> list[dict]:
+            out = []
+            for line in path.read_text().splitlines():
+                record = json.loads(line)
+                if record["event"] in ("eval", "final"):
+                    out.append({k: v for k, v in record.items() if "latency" not in k})
+            return out
+
+        evals = {t: figures(run[t] / "metrics.jsonl") for t in ("fsdp", "ddp")}
+        assert [e["step"] for e in evals["fsdp"]] == [1, 2, 2]  # mid-run at steps 1 and 2, then the final record
+        assert evals["fsdp"] == evals["ddp"], method

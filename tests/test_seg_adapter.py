@@ -64,7 +64,7 @@ def test_dense_vlc_placement_and_shapes():
                 for p in ("self_attn", "mlp")}
     assert set(dense) == expected
     block = dense["clip.vision_model.encoder.layers.0.mlp"].vlsm_adapter["default"]
-    assert block[0].weight.shape == (4, 32) and block[2].weight.shape == (32, 4)  # d=32 -> r = max(4, d // 8)
+    assert block[0].weight.shape == (64, 32) and block[2].weight.shape == (32, 64)  # the paper's 64, not scaled to d
     conditioning = _layers(peft_model, ConditioningAdapterLayer)["clip.text_projection"]
     assert len(conditioning.vlsm_text) == 0
     assert conditioning.vlsm_conditioning["default"][0].weight.shape == (16, 32)  # proj 32 -> 16 -> 32

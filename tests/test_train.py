@@ -21,8 +21,8 @@ def recipe_for(dataset, out, **training):
         "task": {"name": "vqa_sft", "params": {"dataset": str(dataset), "num_train": 48, "num_eval": 9,
                                                "answer_format": "plain", "max_new_tokens": 4}},
         "adapter": {"method": "lora", "params": {"r": 4}},
-        "training": {"max_steps": 6, "batch_size": 8, "learning_rate": 5e-3, "save_steps": 3, "logging_steps": 2,
-                     **training},
+        "training": {"max_steps": 6, "per_device_train_batch_size": 8, "learning_rate": 5e-3, "save_steps": 3,
+                     "logging_steps": 2, **training},
         "output": {"dir": str(out)},
     })
 
@@ -97,3 +97,53 @@ def test_quantized_base_trains_lora_that_loads_on_full_precision(vqa_dataset_dir
     batch = example_batch(get_family("qwen3_vl"), processor)
     with torch.no_grad():
         assert torch.isfinite(adapted(**batch).logits).all()
+
+
+def test_run_looks_like_an_hf_run(vqa_dataset_dir, tmp_path):
+    """`report_to: tensorboard` writes event files inside the run; trainer_state.json sits at the run's top level
+    with the same log history as the last checkpoint's."""
+    pytest.importorskip("tensorboard")
+    run_dir = run_recipe(recipe_for(vqa_dataset_dir, tmp_path / "run", max_steps=2, save_steps=2, logging_steps=1,
+                                    report_to="tensorboard"))
+    events = list(run_dir.rglob("events.out.tfevents.*"))
+    assert events and all(e.stat().st_size > 0 for e in events)
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    tags = EventAccumulator(str(events[0].parent)).Reload().Tags()["scalars"]
+    assert "train/loss" in tags
+    top = json.loads((run_dir / "trainer_state.json").read_text())
+    last = json.loads((run_dir / "checkpoints" / "checkpoint-2" / "trainer_state.json").read_text())
+    assert top["global_step"] == 2 and top["log_history"][:2] == last["log_history"][:2]
+
+
+def test_report_to_none_writes_no_events_and_a_missing_tracker_is_named(vqa_dataset_dir, tmp_path, monkeypatch):
+    run_dir = run_recipe(recipe_for(vqa_dataset_dir, tmp_path / "run", max_steps=1, save_steps=1))
+    assert not list(run_dir.rglob("events.out.tfevents.*")) and (run_dir / "trainer_state.json").is_file()
+    import transformers.integrations
+
+    from adaptune.config import RecipeError
+
+    monkeypatch.setattr(transformers.integrations, "is_tensorboard_available", lambda: False)
+    with pytest.raises(RecipeError, match=r"training.report_to: tensorboard is not installed.*adaptune\[tensorboard\]"):
+        run_recipe(recipe_for(vqa_dataset_dir, tmp_path / "run2", max_steps=1, report_to=["tensorboard"]))
+
+
+def test_device_is_left_to_accelerate_and_bf16_is_never_dropped(tmp_path, monkeypatch, caplog):
+    """No forced `use_cpu` where torch sees an accelerator (MPS, XPU, ... not only CUDA); `bf16` is refused where the
+    device cannot run it and runs as CPU autocast (with a warning) where there is no accelerator at all."""
+    from adaptune.config import RecipeError
+    from adaptune.train import convert
+
+    recipe = load_recipe(data={"name": "x", "task": {"name": "vqa_sft"}, "training": {"bf16": True}})
+    monkeypatch.setattr(convert, "has_accelerator", lambda: True)  # e.g. Apple MPS on a machine without CUDA
+    monkeypatch.setattr(convert, "bf16_supported", lambda use_cpu=False: False)
+    with pytest.raises(RecipeError, match="training.bf16: .*cannot train in bf16"):
+        convert.training_arguments_kwargs(recipe.training, tmp_path)
+    monkeypatch.setattr(convert, "bf16_supported", lambda use_cpu=False: True)
+    kwargs = convert.training_arguments_kwargs(recipe.training, tmp_path)
+    assert kwargs["bf16"] is True and kwargs["use_cpu"] is False
+    monkeypatch.undo()
+    monkeypatch.setattr(convert, "has_accelerator", lambda: False)
+    with caplog.at_level("WARNING", logger="adaptune"):
+        args = convert.to_training_arguments(recipe, tmp_path)
+    assert args.use_cpu and args.bf16 and "bf16 autocast on the CPU" in caplog.text

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Create or reuse the virtual environment and install adaptune with its dev extras.
+# Create or reuse the virtual environment and install adaptune with its dev, tensorboard and quant extras.
 # Idempotent: the stamp file is written last, so a killed install is simply redone on the next call.
 set -euo pipefail
 VENV="${VENV:-.venv}"
@@ -21,5 +21,5 @@ if ! "$VENV/bin/python" -c "import torch" 2>/dev/null; then
     "${PIP[@]}" install "torch==2.13.0" || "${PIP[@]}" install torch --index-url https://download.pytorch.org/whl/cpu
   fi
 fi
-"${PIP[@]}" install -e ".[dev]"
+"${PIP[@]}" install -e ".[dev,tensorboard,quant]"
 echo "$HASH" > "$STAMP"

@@ -7,7 +7,8 @@ batch, on any model whose chat template renders tool calls (the Qwen-VL families
 How (one batch):
 1. render system prompt + tool schema + user turn with the LOW-resolution image; `generate`;
 2. rows whose first turn holds a well-formed `resize_image(action="resize")` call get the assistant turn and a tool
-   turn with the FULL image appended (exactly as TRL renders them during training) and generate again;
+   turn with the FULL image appended (exactly as TRL renders them during training) and generate again, continuing
+   from the first turn's KV cache (only the new tail is prefilled; `adaptune.budget.prefix_cache`);
 3. the answer is the text of the final turn's last `<answer>`; visual tokens count every image the model saw.
 Baselines: `always="low"` (low image, the answer prefilled to be direct), `always="full"` (full image in the first
 turn, direct), and `resize=[...]` (a forced decision per row, e.g. the oracle that resizes exactly on fine questions).
@@ -42,6 +43,7 @@ from .protocol import (
     user_messages,
 )
 from ..data.validate import prepare_image
+from .prefix_cache import PrefixCache
 from .resolution import TokenCounter, check_downsample_saves, downsample
 
 DIRECT_PREFIX = direct_prefix()
@@ -75,8 +77,13 @@ def vision_token_ids(processor: Any) -> list[int]:
 @torch.no_grad()
 def generate_texts(model: torch.nn.Module, processor: Any, texts: list[str], images: list[list[Image.Image]],
                    max_new_tokens: int = 64, do_sample: bool = False, temperature: float = 1.0,
-                   suppress: list[int] | None = None) -> list[str]:
-    """Batched `generate` on rendered prompts (left padding); the new text, special tokens dropped."""
+                   suppress: list[int] | None = None, cache: PrefixCache | None = None,
+                   extends: Sequence[int | None] | None = None) -> list[str]:
+    """Batched `generate` on rendered prompts (left padding); the new text, special tokens dropped.
+
+    With `cache` and no `extends`, the call's KV cache is kept in `cache`; with `extends`, `texts[b]` continues row
+    `extends[b]` of the call kept in `cache` (None: a row with nothing kept) and only the new tail is prefilled
+    (`adaptune.budget.prefix_cache`; anything it cannot reuse exactly is re-encoded)."""
     tok = processor.tokenizer
     side, tok.padding_side = tok.padding_side, "left"
     try:
@@ -87,11 +94,20 @@ def generate_texts(model: torch.nn.Module, processor: Any, texts: list[str], ima
         tok.padding_side = side
     device = next(model.parameters()).device
     batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+    extra: dict[str, Any] = {}
+    if cache is not None and extends is not None:
+        extra = cache.continuation(model, batch, extends) or {}
+        if "cache" in extra:
+            batch.pop("pixel_values", None)
+    elif cache is not None:
+        extra = cache.start(model, batch)
     eos = [i for i in {tok.eos_token_id, tok.convert_tokens_to_ids("<|im_end|>")} if i is not None]
-    out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=do_sample,
+    out = model.generate(**batch, **extra, max_new_tokens=max_new_tokens, do_sample=do_sample,
                          temperature=temperature if do_sample else None, top_p=None, top_k=None,
                          eos_token_id=eos, pad_token_id=tok.pad_token_id,
                          suppress_tokens=suppress if suppress is not None else vision_token_ids(processor))
+    if cache is not None and extends is None:
+        cache.keep(out, batch["attention_mask"])
     return tok.batch_decode(out[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
 
 
@@ -111,6 +127,7 @@ def answer_with_resolution_policy(
     temperature: float = 1.0,
     batch_size: int = 16,
     direct_prefix: str = DIRECT_PREFIX,
+    kv_reuse: bool = True,
 ) -> list[Result]:
     """Answer each question with the two-turn resolution protocol (or a fixed baseline); one `Result` per row.
 
@@ -120,6 +137,9 @@ def answer_with_resolution_policy(
     `downsample_factor` in width and height). `always="low"|"full"` forces a direct answer on that image (the
     assistant turn is prefilled with `direct_prefix`); `resize` forces the decision per row (True: the tool turn is
     scripted and the model answers after seeing the full image; False: a direct answer on the low image).
+    With `kv_reuse` (default) the second turn continues from the first turn's KV cache and prefills only the new
+    tail (the model's call, the tool turn with the full image); `kv_reuse=False` re-encodes the whole conversation
+    (same answers up to float rounding; `adaptune.budget.prefix_cache`).
     """
     if len(images) != len(questions):
         raise ValueError(f"{len(images)} images but {len(questions)} questions")
@@ -149,7 +169,8 @@ def answer_with_resolution_policy(
             results += _answer_batch(model, processor, [full[i] for i in idx], [low[i] for i in idx],
                                      [questions[i] for i in idx], always,
                                      None if resize is None else [bool(resize[i]) for i in idx],
-                                     cost, max_new_tokens, do_sample, temperature, direct_prefix, suppress)
+                                     cost, max_new_tokens, do_sample, temperature, direct_prefix, suppress,
+                                     kv_reuse)
     finally:
         model.train(was_training)
     return results
@@ -162,7 +183,7 @@ def _requesting_turn(raw: str) -> dict[str, Any]:
 
 
 def _answer_batch(model, processor, full, low, questions, always, resize, cost, max_new_tokens, do_sample,
-                  temperature, direct_prefix, suppress) -> list[Result]:
+                  temperature, direct_prefix, suppress, kv_reuse) -> list[Result]:
     n = len(full)
     first_images = full if always == "full" else low
     # Which rows are forced to answer directly (prefilled) and which are scripted to resize.
@@ -171,11 +192,15 @@ def _answer_batch(model, processor, full, low, questions, always, resize, cost, 
     raws: list[list[str]] = [[] for _ in range(n)]
     firsts: dict[int, str] = {}
     free = [k for k in range(n) if not scripted[k]]
+    cache: PrefixCache | None = None
     if free:
         texts = [render(processor, user_messages(questions[k]), generation_prompt=True)
                  + (direct_prefix if direct[k] else "") for k in free]
+        # Keep the first turn's KV cache only when some row may go on to a second turn.
+        keep = kv_reuse and always is None and any(not direct[k] for k in free)
+        cache = PrefixCache() if keep else None
         outs = generate_texts(model, processor, texts, [[first_images[k]] for k in free], max_new_tokens, do_sample,
-                              temperature, suppress)
+                              temperature, suppress, **({"cache": cache} if cache is not None else {}))
         for k, out in zip(free, outs, strict=True):
             firsts[k] = (direct_prefix + out) if direct[k] else out
             raws[k].append(firsts[k])
@@ -187,8 +212,12 @@ def _answer_batch(model, processor, full, low, questions, always, resize, cost, 
     if second:
         texts = [render(processor, user_messages(questions[k]) + [_requesting_turn(firsts[k]), tool_result_message()],
                         generation_prompt=True) for k in second]
+        reuse: dict[str, Any] = {}
+        if cache is not None:  # row k of the chunk was row free.index(k) of the first call
+            reuse = {"cache": cache, "extends": [free.index(k) if k in firsts and not scripted[k] else None
+                                                 for k in second]}
         outs = generate_texts(model, processor, texts, [[low[k], full[k]] for k in second], max_new_tokens,
-                              do_sample, temperature, suppress)
+                              do_sample, temperature, suppress, **reuse)
         for k, out in zip(second, outs, strict=True):
             raws[k].append(out)
     results = []

@@ -7,7 +7,8 @@
   (`generate_fewshot`, `sample_k_shot`, `class_prompts`) and CLIP caption pairs (`generate_caption_pairs`).
 - `shapes`, `glyphs`: the shared drawing kit (palette, geometry, seeding, fonts shipped with matplotlib).
 
-Build everything on disk with `python datasets/build_glyphqa.py --out DIR`.
+Build everything on disk with `python datasets/build_glyphqa.py --out DIR` (GlyphQA as parquet shards plus a dataset
+card, `adaptune.data.hub_folder`; `datasets.load_dataset("DIR/glyphqa")` reads it).
 """
 
 from adaptune.data.companions import (

@@ -10,6 +10,13 @@ small printed digit (default 7 px of ink, DejaVu Sans Bold from matplotlib) cent
   `shape_of_color`, `relative_position` (the tiny default did not learn them in CPU minutes);
 - fine (needs full resolution): `digit`, "What digit is written in the biggest shape?".
 
+Two digit sizes (`large_digit_fraction` > 0): a per-image draw makes the digit either small (`digit_px`, on a patch
+centre: readable only at full resolution) or large (the small glyph scaled 2x, nearest neighbour, on a HALF-resolution
+patch centre at even pixels, so the half image holds exactly the small glyph on a patch centre, which the embedded
+default reads). The digit
+question's wording is the same for both, so whether half resolution suffices depends on the image, not on the
+question: the setting in which a resolution policy has to look before it decides (docs/glyphqa.md#two-digit-sizes).
+
 Why: calibration (`adaptune.eval.calibration`, docs/glyphqa.md) showed a 7 px digit snapped to a patch centre is
 read at 99.8% at full resolution and 16% at half, while a 9 px digit stays readable at half and random in-patch
 offsets are not learned.
@@ -23,6 +30,7 @@ Row schema (one row per image; `generate_glyphqa` / `build_split` return `datase
     caption          str   e.g. "3 shapes, left to right: a small blue circle, a big red square with the digit 7, ..."
     questions, answers, kinds, qtypes  list[str]  ALL questions of the image (fixed order, the digit question last)
     digit            int   the printed digit; digit_x, digit_y (int): the patch centre it is centred on
+    digit_size       str   "small" (digit_px, needs full resolution) | "large" (2 x digit_px, readable at half)
     objects          list[{shape, color, x, y, radius}]  objects[0] is the biggest shape (the one with the digit)
 Exactly round(fine_fraction * n) rows of a split have a fine primary question (a seeded permutation picks which);
 a coarse primary question picks a qtype uniformly among those the image supports, then one question of it.
@@ -45,7 +53,7 @@ import datasets
 import numpy as np
 from PIL import Image
 
-from adaptune.data.glyphs import DEFAULT_FONT, contrasting_ink, digit_extent, stamp_digit
+from adaptune.data.glyphs import DEFAULT_FONT, contrasting_ink, digit_box, digit_extent, digit_mask, stamp_digit
 from adaptune.data.shapes import (
     COLORS,
     DEFAULT_SHAPES,
@@ -101,6 +109,10 @@ class GlyphQAConfig:
     background_jitter: int = field(default=20, metadata={"help": "Background channels drawn from [255-j, 255]."})
     position_margin: int = field(default=10, metadata={"help": "Min centre offset (px) for a position question."})
     max_position_questions: int = field(default=2, metadata={"help": "Position questions per image, at most."})
+    large_digit_fraction: float = field(default=0.0, metadata={
+        "help": "Share of images (a per-image draw) whose digit is drawn large (the small glyph scaled 2x on a "
+                "half-resolution patch centre: readable at half resolution) instead of small; same question text. "
+                "0 = off (the rows of every seed are then identical to a config without this field)."})
 
     def __post_init__(self) -> None:
         self.shapes, self.colors = tuple(self.shapes), tuple(self.colors)
@@ -125,6 +137,8 @@ def _validate(cfg: GlyphQAConfig) -> None:
             _fail(name, getattr(cfg, name), "must be >= 0")
     if not 0.0 <= cfg.fine_fraction <= 1.0:
         _fail("fine_fraction", cfg.fine_fraction, "must be a fraction in [0, 1]")
+    if not 0.0 <= cfg.large_digit_fraction <= 1.0:
+        _fail("large_digit_fraction", cfg.large_digit_fraction, "must be a fraction in [0, 1]")
     if cfg.patch_size < 1 or cfg.image_size < cfg.patch_size or cfg.image_size % cfg.patch_size:
         _fail("image_size", cfg.image_size, f"must be a positive multiple of patch_size={cfg.patch_size}")
     if not 0 <= cfg.color_jitter <= 30:
@@ -156,6 +170,8 @@ def _validate(cfg: GlyphQAConfig) -> None:
         bound = max(SHAPE_GEOMETRY[s]["bound"] for s in cfg.shapes) * cfg.big_radius[1]
         _fail("big_radius", cfg.big_radius, f"a shape of bounding radius {bound:.1f} px cannot sit on any patch centre "
               f"of a {cfg.image_size} px canvas; lower big_radius or raise image_size")
+    if cfg.large_digit_fraction > 0:
+        _validate_large_digit(cfg)
     width, height = digit_extent(cfg.digit_px, cfg.font)
     if max(width, height) > cfg.patch_size - 2:
         _fail("digit_px", cfg.digit_px,
@@ -167,10 +183,27 @@ def _validate(cfg: GlyphQAConfig) -> None:
                   f"radius {cfg.big_radius[0]} (inradius {inradius:.1f} px); lower digit_px or raise big_radius")
 
 
-def _patch_centres(cfg: GlyphQAConfig, big_r: float) -> list[int]:
-    """Patch-centre coordinates where the biggest shape (any allowed kind, radius big_r, plus jitter) fits."""
+def _validate_large_digit(cfg: GlyphQAConfig) -> None:
+    """A large digit (2x the small one) must fit every big shape, and the big shape must fit somewhere on a
+    half-resolution patch centre."""
+    width, height = (2 * v for v in digit_extent(cfg.digit_px, cfg.font))
+    for shape in cfg.shapes:
+        inradius = SHAPE_GEOMETRY[shape]["inradius"] * cfg.big_radius[0]
+        if math.hypot(width / 2 + 1, height / 2 + 1) > inradius:
+            _fail("large_digit_fraction", cfg.large_digit_fraction, f"a large digit ({width}x{height} px, twice "
+                  f"digit_px={cfg.digit_px}) does not fit inside a {shape} of radius {cfg.big_radius[0]} (inradius "
+                  f"{inradius:.1f} px); lower digit_px or raise big_radius")
+    if not _patch_centres(cfg, cfg.big_radius[1], 2 * cfg.patch_size):
+        _fail("large_digit_fraction", cfg.large_digit_fraction, "the big shape fits on no half-resolution patch "
+              f"centre of a {cfg.image_size} px canvas; lower big_radius or raise image_size")
+
+
+def _patch_centres(cfg: GlyphQAConfig, big_r: float, step: int | None = None) -> list[int]:
+    """Patch-centre coordinates (patches of `step` px, default patch_size) where the biggest shape (any allowed
+    kind, radius big_r, plus jitter) fits."""
+    step = step or cfg.patch_size
     bound = max(SHAPE_GEOMETRY[s]["bound"] for s in cfg.shapes) * big_r + cfg.center_jitter + 1
-    centres = range(cfg.patch_size // 2, cfg.image_size, cfg.patch_size)
+    centres = range(step // 2, cfg.image_size, step)
     return [c for c in centres if c - bound >= 0 and c + bound <= cfg.image_size - 1]
 
 
@@ -183,6 +216,7 @@ class GlyphScene:
     digit: int
     digit_center: tuple[int, int]
     ink: RGB
+    large_digit: bool = False
 
 
 class Question(NamedTuple):
@@ -193,14 +227,18 @@ class Question(NamedTuple):
 
 
 def sample_scene(cfg: GlyphQAConfig, rng: np.random.Generator) -> GlyphScene:
-    """Draw a scene: a big shape centred (up to `center_jitter`) on a patch centre, then non-overlapping small ones."""
+    """Draw a scene: a big shape centred (up to `center_jitter`) on a patch centre, then non-overlapping small ones.
+
+    With `large_digit_fraction` > 0 a first draw picks the digit size; a large digit's shape sits on a
+    half-resolution patch centre (no extra draw when the option is off, so earlier rows stay byte-identical)."""
+    large = cfg.large_digit_fraction > 0 and bool(rng.random() < cfg.large_digit_fraction)
     background = light_background(rng, cfg.background_jitter)
     big_kind, big_color = str(rng.choice(cfg.shapes)), str(rng.choice(cfg.colors))
     big_r = float(rng.uniform(*cfg.big_radius))
-    centres = _patch_centres(cfg, big_r)
+    centres = _patch_centres(cfg, big_r, 2 * cfg.patch_size if large else None)
     cx, cy = int(rng.choice(centres)), int(rng.choice(centres))
     jx, jy = (int(v) for v in rng.integers(-cfg.center_jitter, cfg.center_jitter + 1, size=2))
-    width, height = digit_extent(cfg.digit_px, cfg.font)
+    width, height = (v * (2 if large else 1) for v in digit_extent(cfg.digit_px, cfg.font))
     inradius = SHAPE_GEOMETRY[big_kind]["inradius"] * big_r
     if math.hypot(width / 2 + 1 + abs(jx), height / 2 + 1 + abs(jy)) > inradius:
         jx = jy = 0  # validation guarantees the unjittered digit fits inside every allowed big shape
@@ -223,13 +261,19 @@ def sample_scene(cfg: GlyphQAConfig, rng: np.random.Generator) -> GlyphScene:
         small = place_shapes(rng, specs, cfg.image_size, fixed=[big], gap=4.0, margin=1.0)
     small = [replace(s, rgb=jitter_rgb(PALETTE[s.color], rng, cfg.color_jitter)) for s in small]
     digit = int(rng.integers(0, 10))
-    return GlyphScene((big, *small), background, digit, (cx, cy), contrasting_ink(big.fill))
+    return GlyphScene((big, *small), background, digit, (cx, cy), contrasting_ink(big.fill), large)
 
 
 def render_scene(scene: GlyphScene, cfg: GlyphQAConfig) -> Image.Image:
     """Rasterise a scene at full resolution."""
     img = draw_shapes(scene.shapes, cfg.image_size, scene.background)
-    stamp_digit(img, scene.digit, *scene.digit_center, scene.ink, cfg.digit_px, cfg.font)
+    if scene.large_digit:  # the small glyph 2x at even pixels: BOX downsampling by 2 gives back the small glyph
+        mask = digit_mask(scene.digit, cfg.digit_px, cfg.font)
+        left, top, _, _ = digit_box(scene.digit_center[0] // 2, scene.digit_center[1] // 2, mask)
+        big = mask.resize((2 * mask.width, 2 * mask.height), Image.Resampling.NEAREST)
+        img.paste(scene.ink, (2 * left, 2 * top, 2 * left + big.width, 2 * top + big.height), big)
+    else:
+        stamp_digit(img, scene.digit, *scene.digit_center, scene.ink, cfg.digit_px, cfg.font)
     return img
 
 
@@ -334,6 +378,7 @@ def make_sample(cfg: GlyphQAConfig, split: str, index: int, fine: bool) -> dict[
         "digit": scene.digit,
         "digit_x": scene.digit_center[0],
         "digit_y": scene.digit_center[1],
+        "digit_size": "large" if scene.large_digit else "small",
         "objects": [
             {"shape": s.kind, "color": s.color, "x": s.x, "y": s.y, "radius": float(s.r)} for s in scene.shapes
         ],
@@ -355,6 +400,7 @@ FEATURES = datasets.Features({
     "digit": datasets.Value("int32"),
     "digit_x": datasets.Value("int32"),
     "digit_y": datasets.Value("int32"),
+    "digit_size": datasets.Value("string"),
     "objects": datasets.List({
         "shape": datasets.Value("string"),
         "color": datasets.Value("string"),

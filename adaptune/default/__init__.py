@@ -9,13 +9,28 @@ question) so a GRPO run can teach it WHEN to resize.
     adaptune default verify                      # checksum + a quick accuracy check
     adaptune default build                       # rebuild assets/ from scratch (~45 min on 2 CPU cores)
     adaptune default build --quick --out DIR     # ~2 minute smoke build into DIR
+    adaptune default ship-policy runs/qwen3_vl-glyphqa-visionthink   # a GRPO run's adapter -> assets/policy
+
+Next to the weights ships the trained resolution policy (assets/policy: the LoRA adapter of the VisionThink GRPO
+recipe, checksum in POLICY.json; `load_default_policy()`), which `adaptune demo` compares with always-low, always-full
+and the per-question oracle.
 """
 
 from __future__ import annotations
 
 import argparse
 
-from adaptune.default.shipped import ASSETS, REBUILD, DefaultModelError, default_model_path, verify_assets
+from adaptune.default.shipped import (
+    ASSETS,
+    POLICY,
+    REBUILD,
+    DefaultModelError,
+    default_model_path,
+    load_default_policy,
+    ship_policy,
+    verify_assets,
+    verify_policy,
+)
 
 
 def _cmd_build(args: argparse.Namespace) -> int:
@@ -39,6 +54,13 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_ship_policy(args: argparse.Namespace) -> int:
+    record = ship_policy(args.run_dir, args.dest)
+    verify_policy(args.dest)
+    print(f"shipped the policy of {args.run_dir} to {args.dest} (seed {record['seed']}, {record.get('steps')} steps)")
+    return 0
+
+
 def add_cli(subparsers) -> None:
     """`adaptune default build [--out DIR] [--quick]` and `adaptune default verify`."""
     from adaptune.default.build import add_arguments
@@ -52,6 +74,11 @@ def add_cli(subparsers) -> None:
     p.add_argument("--path", default=str(ASSETS))
     p.add_argument("--questions", type=int, default=0, help="held-out questions to evaluate (0 = checksum only)")
     p.set_defaults(func=_cmd_verify)
+    p = sub.add_parser("ship-policy", help="copy a GRPO run's adapter into the package as the shipped policy")
+    p.add_argument("run_dir", help="a finished `kind: grpo` run on the default (its adapter/ and eval.json)")
+    p.add_argument("--dest", default=str(POLICY))
+    p.set_defaults(func=_cmd_ship_policy)
 
 
-__all__ = ["ASSETS", "REBUILD", "DefaultModelError", "add_cli", "default_model_path", "verify_assets"]
+__all__ = ["ASSETS", "POLICY", "REBUILD", "DefaultModelError", "add_cli", "default_model_path", "load_default_policy",
+           "ship_policy", "verify_assets", "verify_policy"]

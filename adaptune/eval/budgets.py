@@ -14,7 +14,7 @@ Writes `budgets.json`, `budgets.md` (the table) and `pareto.png` (accuracy vs me
 Why: the papers adaptune builds on compare learned projectors and training-free pruning at equal budgets; a number
 from a different prompt, split or scorer is not comparable, so everything here goes through one loop and one scorer.
 
-    adaptune eval budgets model=default budgets=1,4,9,16 adapters=runs/flex,runs/fixed4 policies=runs/vt
+    adaptune eval budgets --model default --budgets 1,4,9,16 --adapters runs/flex,runs/fixed4 --policies runs/vt
     rows = budget_sweep(loaded, heldout, budgets=[1, 4, 9, 16], reducers=["divprune", "tome"])
 """
 
@@ -185,27 +185,38 @@ OPTIONS = {
     "dataset": "glyphqa", "num_images": "300", "fine_fraction": "0.3", "split": "test", "seed": "0",
     "batch_size": "32", "out": "runs/budgets",
 }
-"""`adaptune eval budgets key=value ...`: every option and its default."""
+"""`adaptune eval budgets --option value ...`: every option (as `--num-images`, ...) and its default."""
 
 
 def _names(value: str) -> list[str]:
     return [v.strip() for v in value.split(",") if v.strip()]
 
 
-def budgets_command(overrides: list[str]) -> int:
-    """`adaptune eval budgets [model=default] [budgets=1,4,9,16] [reducers=all|none|a,b] [adapters=RUN,...]
-    [policies=RUN,...] [num_images=300] [fine_fraction=0.3] [out=runs/budgets]`."""
-    from ..config import RecipeError
+def budgets_parser() -> "argparse.ArgumentParser":
+    """`adaptune eval budgets [--model default] [--budgets 1,4,9,16] [--reducers all|none|a,b] [--adapters RUN,...]
+    [--policies RUN,...] [--num-images 300] [--fine-fraction 0.3] [--out runs/budgets] ...`."""
+    import argparse
+
+    p = argparse.ArgumentParser(prog="adaptune eval budgets", description="Every budget method on one held-out set: "
+                                "one accuracy-vs-visual-tokens table (budgets.md) and pareto.png.")
+    for key, default in OPTIONS.items():
+        p.add_argument("--" + key.replace("_", "-"), dest=key, default=default, help=f"default: {default!r}")
+    return p
+
+
+def budgets_command(argv: list[str]) -> int:
+    """`adaptune eval budgets --option value ...` (`budgets_parser`); takes no recipe, so no key=value."""
+    from ..config import RecipeError, is_override
     from ..models import load_model
     from ..rl.data import DataParams, heldout_rows
     from ..utils.markdown import markdown_table
 
-    opts = dict(OPTIONS)
-    for item in overrides:
-        key, _, value = item.partition("=")
-        if key not in OPTIONS:
-            raise RecipeError(f"eval budgets: unknown option {key!r} (known: {', '.join(sorted(OPTIONS))})")
-        opts[key] = value
+    stray = [a for a in argv if is_override(a)]
+    if stray:
+        key = stray[0].partition("=")[0]
+        raise RecipeError(f"eval budgets: {stray[0]!r}: options are flags (--{key.replace('_', '-')} ...)"
+                          + ("" if key in OPTIONS else f"; unknown option {key!r} (known: {', '.join(OPTIONS)})"))
+    opts = vars(budgets_parser().parse_args(argv))
     try:
         budgets = [int(b) for b in _names(opts["budgets"])]
         num_images, seed, batch = int(opts["num_images"]), int(opts["seed"]), int(opts["batch_size"])
@@ -223,7 +234,8 @@ def budgets_command(overrides: list[str]) -> int:
         if not Path(path).exists():
             raise FileNotFoundError(f"eval budgets: {path} does not exist")
     loaded = load_model(opts["model"], seed=seed)
-    rows = heldout_rows(DataParams(dataset=opts["dataset"], seed=seed), num_images, fine_fraction, opts["split"])
+    rows = heldout_rows(DataParams(dataset=opts["dataset"], seed=seed), num_images, fine_fraction, opts["split"],
+                        key="eval budgets --dataset")
     cells = budget_sweep(loaded, rows, budgets, reducers, _names(opts["adapters"]), _names(opts["policies"]),
                          batch_size=batch)
     out = Path(opts["out"])
@@ -234,4 +246,4 @@ def budgets_command(overrides: list[str]) -> int:
     return 0
 
 
-__all__ = ["OPTIONS", "budget_sweep", "budgets_command", "downsample_factor_for", "write_sweep"]
+__all__ = ["OPTIONS", "budget_sweep", "budgets_command", "budgets_parser", "downsample_factor_for", "write_sweep"]

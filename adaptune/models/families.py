@@ -11,6 +11,7 @@ is one `FamilySpec` registered here (plus a tiny builder for the tests).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -40,8 +41,23 @@ class FamilySpec:
     language_model_path: str | None = None
     image_token: str | None = None
     supports_tools: bool = False
+    """The real checkpoint can run the resize tool in GRPO: with its own template or with `tool_template`."""
     chat_template: str | None = None
+    """The original template of the family's checkpoints (a file in TRL's `chat_templates/`); the tiny builder's."""
+    tool_template: str | None = None
+    """adaptune's tool-calling template for the family (`models/chat_templates.py`), used when the checkpoint's own
+    cannot run the resize tool and `model.chat_template` is unset."""
     vision_blocks_path: str | None = None
+    feature_layer_key: str | None = None
+    """The model-config attribute naming the vision hidden state the VLM reads (LLaVA: `vision_feature_layer`);
+    None: the vision tower's output (`last_hidden_state`)."""
+    input_embeddings_path: str | None = None
+    """The module `get_input_embeddings()` should return where the transformers class raises NotImplementedError
+    (CLIPModel, CLIPSeg): the text tower's embeddings block, which maps input ids to hidden states. accelerate's FSDP 2
+    preparation calls it on every model (`fsdp2_prepare_model`) and shards what it gets as a group of its own unless
+    it is one already; the block is one (it is in the class's `_no_split_modules`, which transformer-based wrapping
+    shards first), whereas the token embedding inside it would be sharded twice (torch refuses: its weight is already
+    a DTensor). `expose_input_embeddings` installs it on the instance."""
     build_tiny: Callable[..., tuple[torch.nn.Module, Any]] | None = field(default=None, repr=False)
     description: str = ""
 
@@ -51,6 +67,32 @@ class FamilySpec:
         if path is None:
             raise ValueError(f"family {self.name!r} has no {part!r}")
         return model.get_submodule(path)
+
+    def expose_input_embeddings(self, model: torch.nn.Module) -> torch.nn.Module:
+        """`model` whose `get_input_embeddings()` returns `input_embeddings_path` when its class does not say; a class
+        that answers (or a family without the path) is left alone. Returns `model`."""
+        if self.input_embeddings_path is None:
+            return model
+        try:
+            model.get_input_embeddings()
+            return model
+        except NotImplementedError:
+            pass
+        model.get_submodule(self.input_embeddings_path)  # a wrong path fails here, not inside accelerate
+        # an instance attribute, not a module (nothing enters the state dict); a deep copy of the model stays bound
+        model.get_input_embeddings = functools.partial(_submodule, model, self.input_embeddings_path)
+        return model
+
+    def vision_feature_layer(self, model: torch.nn.Module) -> int | None:
+        """The index into the vision tower's `hidden_states` that `model` reads (LLaVA-1.5: -2, the second-to-last
+        block), or None when it reads the tower's output. A list of layers is refused (one target layer only)."""
+        if self.feature_layer_key is None:
+            return None
+        layer = getattr(model.config, self.feature_layer_key)
+        if not isinstance(layer, int) or isinstance(layer, bool):
+            raise ValueError(f"{self.name}: config.{self.feature_layer_key}={layer!r}; only a single layer index is "
+                             "supported here")
+        return layer
 
     def visual_tokens(self, processor: Any, height: int, width: int) -> int:
         """Visual tokens one image of `height` x `width` pixels costs (placeholder tokens for VLMs, patch tokens for
@@ -74,8 +116,13 @@ class FamilySpec:
             "name": self.name, "kind": self.kind, "model_types": list(self.model_types),
             "model_class": self.model_class, "vision": self.vision_path, "projector": self.projector_path,
             "language_model": self.language_model_path, "image_token": self.image_token,
-            "supports_tools": self.supports_tools, "description": self.description,
+            "supports_tools": self.supports_tools, "chat_template": self.chat_template,
+            "tool_template": self.tool_template, "description": self.description,
         }
+
+
+def _submodule(model: torch.nn.Module, path: str) -> torch.nn.Module:
+    return model.get_submodule(path)
 
 
 def register_family(spec: FamilySpec) -> FamilySpec:
@@ -87,20 +134,21 @@ register_family(FamilySpec(
     name="qwen3_vl", kind="vlm", model_types=("qwen3_vl",), model_class="Qwen3VLForConditionalGeneration",
     vision_path="model.visual", projector_path="model.visual.merger", language_model_path="model.language_model",
     vision_blocks_path="model.visual.blocks", image_token="<|image_pad|>", supports_tools=True,
-    chat_template="qwen3_vl", build_tiny=tiny.tiny_qwen3_vl,
-    description="Qwen3-VL (default): patch 16, 2x2 merger, M-RoPE, deepstack; TRL-recognised tool template",
+    chat_template="qwen3_vl", tool_template="qwen3_vl_tools", build_tiny=tiny.tiny_qwen3_vl,
+    description="Qwen3-VL (default): patch 16, 2x2 merger, M-RoPE, deepstack; its own template calls tools",
 ))
 register_family(FamilySpec(
     name="qwen2_5_vl", kind="vlm", model_types=("qwen2_5_vl",), model_class="Qwen2_5_VLForConditionalGeneration",
     vision_path="model.visual", projector_path="model.visual.merger", language_model_path="model.language_model",
     vision_blocks_path="model.visual.blocks", image_token="<|image_pad|>", supports_tools=True,
-    chat_template="qwen3_vl", build_tiny=tiny.tiny_qwen2_5_vl,
-    description="Qwen2.5-VL: patch 14, 2x2 merger, windowed vision attention, M-RoPE",
+    chat_template="qwen2_5_vl", tool_template="qwen2_5_vl_tools", build_tiny=tiny.tiny_qwen2_5_vl,
+    description="Qwen2.5-VL: patch 14, 2x2 merger, windowed vision attention, M-RoPE; tools via adaptune's template",
 ))
 register_family(FamilySpec(
     name="llava", kind="vlm", model_types=("llava",), model_class="LlavaForConditionalGeneration",
     vision_path="model.vision_tower", projector_path="model.multi_modal_projector",
     language_model_path="model.language_model", vision_blocks_path="model.vision_tower.encoder.layers",
+    feature_layer_key="vision_feature_layer",
     image_token="<image>", supports_tools=False, chat_template="llava_next", build_tiny=tiny.tiny_llava,
     description="LLaVA: CLIP vision tower + MLP projector + Llama-style LM",
 ))
@@ -114,6 +162,7 @@ register_family(FamilySpec(
 register_family(FamilySpec(
     name="clip", kind="encoder", model_types=("clip",), model_class="CLIPModel", vision_path="vision_model",
     vision_blocks_path="vision_model.encoder.layers", build_tiny=tiny.tiny_clip,
+    input_embeddings_path="text_model.embeddings",
     description="CLIP dual encoder (zero-shot classification, vision tower for PH-Reg / mask tuning)",
 ))
 register_family(FamilySpec(
@@ -129,7 +178,7 @@ register_family(FamilySpec(
 register_family(FamilySpec(
     name="clipseg", kind="segmentation", model_types=("clipseg",), model_class="CLIPSegForImageSegmentation",
     vision_path="clip.vision_model", vision_blocks_path="clip.vision_model.encoder.layers",
-    build_tiny=tiny.tiny_clipseg,
+    build_tiny=tiny.tiny_clipseg, input_embeddings_path="clip.text_model.embeddings",
     description="CLIPSeg: CLIP encoders + light decoder, text prompt -> segmentation mask",
 ))
 
@@ -157,4 +206,5 @@ def detect_family(model_or_config: Any) -> FamilySpec:
 def build_tiny(family: str = "qwen3_vl", seed: int = 0, **overrides: Any) -> tuple[torch.nn.Module, Any]:
     """A seeded tiny instance of `family`'s real transformers class and its offline processor."""
     spec = get_family(family)
-    return spec.build_tiny(seed=seed, **overrides)
+    model, processor = spec.build_tiny(seed=seed, **overrides)
+    return spec.expose_input_embeddings(model), processor

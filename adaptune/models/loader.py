@@ -11,8 +11,9 @@ adapter replaces) in full precision, with module names resolved through the fami
 
 Named sources ("default", "pretrained:clip", ...) are looked up in the `SOURCES` registry: the package that owns the
 model registers a resolver `resolve(spec, seed) -> local folder` (`adaptune.default` registers "default",
-`adaptune.pretrain` registers the prefix "pretrained"), so this low layer never imports them. `import adaptune` (which
-any `import adaptune.<x>` runs first) registers the shipped ones; a plugin registers its own the same way:
+`adaptune.pretrain` registers the prefix "pretrained"), so this low layer never imports them. The shipped ones are
+registered at the first read of the registry (the filler `import adaptune` installs, which any `import adaptune.<x>`
+runs first); a plugin registers its own the same way:
 
     from adaptune.registry import SOURCES
     SOURCES.register("mirror", lambda spec, seed: f"/models/{spec}")   # load_model("mirror:qwen3-vl-2b")
@@ -30,6 +31,7 @@ import torch
 import transformers
 
 from ..registry import SOURCES
+from .chat_templates import ChatTemplateError, prepare_chat_template
 from .families import FamilySpec, UnsupportedModelError, build_tiny, detect_family, get_family
 from .processors import ImageOnlyQwen2_5_VLProcessor, ImageOnlyQwen3VLProcessor
 
@@ -46,6 +48,8 @@ class LoadedModel:
     processor: Any
     family: FamilySpec
     source: str
+    chat_template: str = "checkpoint"
+    """The chat template in use: "checkpoint" (the source's own), a shipped tool template's name, or a file path."""
 
 
 def _looks_local(path: str) -> bool:
@@ -53,14 +57,32 @@ def _looks_local(path: str) -> bool:
         ".", "..") or Path(path).exists()
 
 
+def four_bit_compute_dtype() -> torch.dtype:
+    """The dtype 4-bit layers compute in: bfloat16 on a GPU that supports it (QLoRA's choice: half the activation
+    memory of fp32, fp32's range), float32 otherwise (CPUs and pre-Ampere GPUs). Decided when the model loads."""
+    return torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else torch.float32
+
+
+def require_bitsandbytes(mode: str) -> None:
+    """bitsandbytes is an extra (`pip install adaptune[quant]`), needed only when a model is loaded quantized."""
+    import importlib.util
+
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise ModelLoadError(f"model.quantization: {mode!r} needs bitsandbytes, which is not installed; install the "
+                             f"extra with `pip install adaptune[quant]` (or `pip install bitsandbytes`)")
+
+
 def quantization_config(spec: FamilySpec, mode: Quantization, keep_full_precision: list[str] | None = None):
-    """A `BitsAndBytesConfig` that leaves the vision tower, projector and `keep_full_precision` unquantised."""
+    """A `BitsAndBytesConfig` that leaves the vision tower, projector and `keep_full_precision` unquantised; nf4
+    computes in `four_bit_compute_dtype()`."""
     if mode is None:
         return None
+    if mode in ("nf4", "int8"):
+        require_bitsandbytes(mode)
     skip = [p for p in (spec.vision_path, spec.projector_path, "lm_head") if p] + list(keep_full_precision or [])
     if mode == "nf4":
         return transformers.BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.float32,
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=four_bit_compute_dtype(),
             llm_int8_skip_modules=skip,
         )
     if mode == "int8":
@@ -140,12 +162,17 @@ def load_model(
     trust_remote_code: bool = False,
     seed: int = 0,
     device_map: Any = None,
+    chat_template: str | None = None,
+    tool_calling: bool = False,
 ) -> LoadedModel:
     """Load `source` with its processor and family spec.
 
     Sources: "tiny:<family>" (random tiny model built in code), a named source from the `SOURCES` registry
     ("default": the embedded GlyphQA VLM; "pretrained:clip" / "pretrained:clipseg": tiny CLIP / CLIPSeg pre-trained
     on the companion sets, cached under $ADAPTUNE_CACHE after the first build), a local folder, or a hub id.
+    `chat_template` is the recipe's `model.chat_template` (None: the checkpoint's own; "checkpoint"; a shipped tool
+    template's name; a .jinja path) and `tool_calling` asks for a template TRL's tool loop can run
+    (`chat_templates.prepare_chat_template`; a `ChatTemplateError` names the recipe key).
     """
     source = str(source)
     dtype = resolve_dtype(dtype)
@@ -154,7 +181,7 @@ def load_model(
         model, processor = build_tiny(name, seed=seed)
         if isinstance(dtype, torch.dtype):
             model.to(dtype)  # built in fp32; "auto" keeps that
-        return LoadedModel(model, processor, get_family(name), source)
+        return _with_template(LoadedModel(model, processor, get_family(name), source), chat_template, tool_calling)
     source = resolve_source(source, seed)
     if _looks_local(source) and not Path(source).expanduser().exists():
         raise ModelLoadError(f"model path {source!r} does not exist")
@@ -174,6 +201,15 @@ def load_model(
         kwargs["quantization_config"] = qcfg
     if device_map is not None:
         kwargs["device_map"] = device_map
-    model = model_cls.from_pretrained(source, **kwargs).eval()
+    model = spec.expose_input_embeddings(model_cls.from_pretrained(source, **kwargs).eval())
     processor = load_processor(source, spec, trust_remote_code)
-    return LoadedModel(model, processor, spec, source)
+    return _with_template(LoadedModel(model, processor, spec, source), chat_template, tool_calling)
+
+
+def _with_template(loaded: LoadedModel, chat_template: str | None, tool_calling: bool) -> LoadedModel:
+    if chat_template is not None or tool_calling:
+        if loaded.family.kind != "vlm":
+            raise ChatTemplateError(f"model.chat_template: family {loaded.family.name!r} is not a chat model "
+                                    f"(kind {loaded.family.kind!r}); leave the key unset")
+        loaded.chat_template = prepare_chat_template(loaded.processor, loaded.family, chat_template, tool_calling)
+    return loaded

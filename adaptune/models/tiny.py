@@ -3,6 +3,8 @@
 Every family gets a builder returning `(model, processor)`: the genuine transformers class (Qwen3-VL, Qwen2.5-VL,
 LLaVA, Idefics3/SmolVLM, CLIP, SigLIP, DINOv2, CLIPSeg) with a few hundred thousand parameters, and a processor whose
 tokenizer was trained locally (see `tokenizer.py`). Tests, recipes and the quickstart use them; nothing downloads.
+A VLM's processor carries the ORIGINAL chat template of its family's real checkpoints (`chat_templates.py`), so the
+tiny Qwen2.5-VL cannot call tools until adaptune's tool template is applied, exactly like a real checkpoint.
 
     from adaptune.models import build_tiny
     model, processor = build_tiny("qwen3_vl", seed=0)
@@ -11,7 +13,6 @@ tokenizer was trained locally (see `tokenizer.py`). Tests, recipes and the quick
 
 from __future__ import annotations
 
-import importlib.resources
 from typing import Any
 
 import torch
@@ -45,13 +46,9 @@ from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLIm
 from transformers.models.siglip.image_processing_pil_siglip import SiglipImageProcessorPil
 from transformers.models.vit.image_processing_pil_vit import ViTImageProcessorPil
 
+from .chat_templates import original_chat_template
 from .processors import ImageOnlyQwen2_5_VLProcessor, ImageOnlyQwen3VLProcessor
 from .tokenizer import build_tokenizer
-
-
-def trl_chat_template(name: str) -> str:
-    """A chat template shipped inside the installed trl package (TRL recognises these for tool calling)."""
-    return (importlib.resources.files("trl") / "chat_templates" / f"{name}.jinja").read_text()
 
 
 def _seeded(seed: int, build):
@@ -77,7 +74,8 @@ def qwen_vl_processor(patch_size: int, tokenizer=None, min_pixels: int | None = 
         min_pixels=min_pixels or factor * factor, max_pixels=max_pixels,
     )
     cls = ImageOnlyQwen3VLProcessor if qwen3 else ImageOnlyQwen2_5_VLProcessor
-    return cls(image_processor=image_processor, tokenizer=tokenizer, chat_template=trl_chat_template("qwen3_vl"))
+    template = original_chat_template("qwen3_vl" if qwen3 else "qwen2_5_vl")  # what the real checkpoint ships
+    return cls(image_processor=image_processor, tokenizer=tokenizer, chat_template=template)
 
 
 def _qwen_text(vocab: int, text: dict | None, eos: int | None = None, pad: int | None = None) -> dict:
@@ -140,7 +138,8 @@ def _llama_text(vocab: int, overrides: dict | None) -> dict:
 
 
 def tiny_llava(seed: int = 0, text: dict | None = None, vision: dict | None = None, tokenizer=None):
-    """LLaVA: CLIP vision tower (32 px, patch 8 -> 16 patch tokens) + Llama LM, `<image>` placeholder."""
+    """LLaVA: CLIP vision tower (32 px, patch 8 -> 16 patch tokens) + Llama LM, `<image>` placeholder; like
+    LLaVA-1.5 it reads the tower's second-to-last hidden state (`vision_feature_layer=-2`)."""
     tokenizer = tokenizer or build_tokenizer(style="llama")
     vision_cfg = _clip_vision(vision)
     image_processor = CLIPImageProcessorPil(
@@ -150,13 +149,13 @@ def tiny_llava(seed: int = 0, text: dict | None = None, vision: dict | None = No
     processor = LlavaProcessor(
         image_processor=image_processor, tokenizer=tokenizer, patch_size=vision_cfg["patch_size"],
         vision_feature_select_strategy="default", image_token="<image>", num_additional_image_tokens=1,
-        chat_template=trl_chat_template("llava_next"),
+        chat_template=original_chat_template("llava_next"),
     )
     config = LlavaConfig(
         vision_config={"model_type": "clip_vision_model", **vision_cfg},
         text_config=_llama_text(len(tokenizer), text),
         image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
-        vision_feature_select_strategy="default", vision_feature_layer=-1,
+        vision_feature_select_strategy="default", vision_feature_layer=-2,  # LLaVA-1.5's: the second-to-last block
     )
     return _seeded(seed, lambda: LlavaForConditionalGeneration(config)), processor
 
@@ -173,7 +172,7 @@ def tiny_smolvlm(seed: int = 0, text: dict | None = None, vision: dict | None = 
         do_image_splitting=False, size={"longest_edge": image_size}, max_image_size={"longest_edge": image_size},
     )
     processor = Idefics3Processor(image_processor=image_processor, tokenizer=tokenizer, image_seq_len=seq_len,
-                                  chat_template=trl_chat_template("idefics3"))
+                                  chat_template=original_chat_template("idefics3"))
     config = Idefics3Config(
         vision_config=vision_cfg, text_config=_llama_text(len(tokenizer), text), scale_factor=scale,
         image_token_id=tokenizer.convert_tokens_to_ids("<image>"),

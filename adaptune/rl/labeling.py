@@ -116,7 +116,7 @@ def load_policy(run_or_model: str) -> Any:
         if (path / "adapter").is_dir():
             loaded.model = load_adapter(loaded.model, path / "adapter").eval()
         return loaded
-    return load_model(run_or_model)
+    return load_model(run_or_model, tool_calling=True)  # the two-turn loop renders tool calls and tool images
 
 
 def run_labeling(args: argparse.Namespace) -> dict[str, Any]:
@@ -124,8 +124,14 @@ def run_labeling(args: argparse.Namespace) -> dict[str, Any]:
     from .data import DataParams, source_dataset
 
     loaded = load_policy(args.run_or_model)
-    params = DataParams(dataset=args.dataset, split=args.split, num_samples=args.num, seed=args.seed,
-                        fine_fraction=args.fine_fraction, downsample=args.downsample)
+    dataset = json.loads(args.dataset) if args.dataset.strip().startswith("{") else args.dataset
+    from ..data.sources import is_generated
+
+    if args.large_digit_fraction and not is_generated(dataset):
+        raise SystemExit(f"--large-digit-fraction applies to the generated glyphqa set, not --dataset {args.dataset}")
+    params = DataParams(dataset=dataset, split=args.split, num_samples=args.num, seed=args.seed,
+                        fine_fraction=args.fine_fraction, downsample=args.downsample,
+                        large_digit_fraction=args.large_digit_fraction)
     ds = source_dataset(params)
     has_low = "full_image" in ds.column_names
     rows = [r for r in ds.select_columns([c for c in ("image", "full_image", "question", "answer") if c in
@@ -146,6 +152,10 @@ def run_labeling(args: argparse.Namespace) -> dict[str, Any]:
     summary = {"source": args.run_or_model, "dataset": args.dataset, "rows": len(labelled), "n": args.n,
                "threshold": high_res_threshold(args.n, args.margin), "skipped_without_image": skipped,
                **{label: by_label.get(label, 0) for label in LABELS}}
+    if "digit_size" in labelled.column_names and "kind" in labelled.column_names:
+        summary["fine_by_digit_size"] = {
+            size: dict(Counter(lab for lab, kk, ss in zip(labelled["label"], labelled["kind"], labelled["digit_size"])
+                               if kk == "fine" and ss == size)) for size in sorted(set(labelled["digit_size"]))}
     if "kind" in labelled.column_names:
         summary["by_kind"] = {k: dict(Counter(lab for lab, kk in zip(labelled["label"], labelled["kind"]) if kk == k))
                               for k in sorted(set(labelled["kind"]))}
@@ -167,10 +177,14 @@ def add_cli(subparsers: Any) -> None:
     p.add_argument("run_or_model", help="a run directory, 'default', 'tiny:qwen3_vl', a model folder or hub id")
     p.add_argument("--out", required=True, help="folder for the labelled dataset (save_to_disk)")
     p.add_argument("--n", type=int, default=8, help="rollouts per sample and resolution (default 8)")
-    p.add_argument("--dataset", default="glyphqa", help="'glyphqa' or a folder saved with save_to_disk")
+    p.add_argument("--dataset", default="glyphqa", help="a dataset spec (docs/datasets.md): 'glyphqa', a folder, "
+                   "parquet / JSON-lines files, a hub id, or a JSON mapping such as "
+                   "'{\"path\": \"data/vt\", \"schema\": \"visionthink\"}'")
     p.add_argument("--split", default="train")
     p.add_argument("--num", type=int, default=200, help="samples to label")
     p.add_argument("--fine-fraction", type=float, default=0.5, help="GlyphQA: share of fine questions")
+    p.add_argument("--large-digit-fraction", type=float, default=0.0, help="GlyphQA: share of images whose digit "
+                   "is drawn large (readable at half resolution; same question text)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--downsample", type=float, default=0.5, help="low resolution = this scale of width and height")
     p.add_argument("--judge", default="rule", help="judge name or a JSON judge section")

@@ -33,8 +33,10 @@ from .sections import GRPOPlan
 
 def evaluation_rows(plan: GRPOPlan) -> list[dict[str, Any]]:
     """The held-out rows of `grpo.eval` (its own `dataset` when set, else the training data's source)."""
-    data = dataclasses.replace(plan.data, dataset=plan.eval.dataset) if plan.eval.dataset else plan.data
-    return heldout_rows(data, plan.eval.num_images, plan.eval.fine_fraction, plan.eval.split)
+    if plan.eval.dataset is not None:
+        data = dataclasses.replace(plan.data, dataset=plan.eval.dataset)
+        return heldout_rows(data, plan.eval.num_images, plan.eval.fine_fraction, plan.eval.split, "grpo.eval.dataset")
+    return heldout_rows(plan.data, plan.eval.num_images, plan.eval.fine_fraction, plan.eval.split)
 
 
 def evaluate_policy(model: Any, loaded: LoadedModel, plan: GRPOPlan) -> dict[str, Any]:
@@ -70,10 +72,25 @@ def headline(methods: dict[str, Any]) -> dict[str, Any]:
             "target/tokens<=60%_of_full": bool(tok_ratio <= 0.60),
             "target/resize_fine>=3x_coarse": bool(resize_ratio >= 3.0),
         })
+    if "policy" in methods:  # the image-conditioned decision: resize where the full image is needed, not elsewhere
+        pol = methods["policy"]
+        for group, key, bound in (("needs full", "needs_full", 0.9), ("low suffices", "low_suffices", 0.2),
+                                  ("fine/small digit", "small_digit", 0.9), ("fine/large digit", "large_digit", 0.2)):
+            if group in pol:
+                rate = pol[group]["resize_rate"]
+                out[f"eval/policy/resize_rate/{key}"] = rate
+                out[f"target/resize_{key}{'>=' if bound > 0.5 else '<='}{bound:.0%}"] = bool(
+                    rate >= bound if bound > 0.5 else rate <= bound)
+    if "oracle" in methods and "policy" in methods and methods["oracle"]["all"]["visual_tokens"]:
+        out["eval/tokens_vs_oracle"] = (methods["policy"]["all"]["visual_tokens"]
+                                        / methods["oracle"]["all"]["visual_tokens"])
     if "policy" in methods and "resize_all" in methods and methods["resize_all"]["all"]["accuracy"]:
         out["eval/accuracy_vs_resize_all"] = (methods["policy"]["all"]["accuracy"]
                                               / methods["resize_all"]["all"]["accuracy"])
     return out
+
+
+SPLIT_GROUPS = ("needs full", "low suffices", "fine/small digit", "fine/large digit")
 
 
 def rl_curves(run_dir: Path) -> Path | None:
@@ -86,11 +103,12 @@ def rl_curves(run_dir: Path) -> Path | None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = [("reward", ["reward", "visionthink/accuracy", "visionthink/format"]),
+    panels = [("reward", ["reward", "rewards/accuracy/mean", "rewards/format/mean"]),
               ("resize rate", ["visionthink/resize_rate", "visionthink/resize_rate_fine",
                                "visionthink/resize_rate_coarse"]),
               ("visual tokens per rollout", ["visionthink/visual_tokens"])]
-    fallback = {"visionthink/resize_rate": "env/resize_rate", "visionthink/visual_tokens": "env/visual_tokens"}
+    fallback = {"visionthink/resize_rate": "env/resize_rate", "visionthink/visual_tokens": "env/visual_tokens",
+                "rewards/accuracy/mean": "visionthink/accuracy", "rewards/format/mean": "visionthink/format"}
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.2))
     for ax, (title, keys) in zip(axes, panels, strict=True):
         for key in keys:
@@ -130,13 +148,26 @@ def report_sections(run_dir: Path, evaluation: dict[str, Any], budget: dict[str,
                 if kind in cells:
                     row[f"{kind} acc"] = cells[kind]["accuracy"]
                     row[f"{kind} resize"] = cells[kind]["resize_rate"]
+            for group in SPLIT_GROUPS:
+                if group in cells:
+                    row[f"resize: {group}"] = cells[group]["resize_rate"]
             rows.append(row)
         sections.append(f"## Held-out comparison ({evaluation.get('n')} questions)\n")
         sections.append("policy = the trained two-turn loop; low / full = always that resolution in the first turn "
                         "(direct answer); resize_all = the tool path on every question (low + full image); oracle = "
-                        "resizes exactly on fine questions; before_rl = the two-turn loop without the adapter. Only "
-                        "policy uses the trained adapter: every other row is the base model.\n")
+                        "per question, the cheaper of low and resize_all whose greedy answer is right (resizes only "
+                        "where low is wrong and the tool path right); before_rl = the two-turn loop without the "
+                        "adapter. Only policy uses the trained adapter: every other row is the base model. "
+                        "\"resize: needs full\" / \"low suffices\" split the questions by the oracle's decision; "
+                        "\"fine/small digit\" / \"fine/large digit\" are the same digit question on images whose "
+                        "digit needs / does not need the full image.\n")
         sections.append(markdown_table(rows))
+        detail = [{"method": name, "group": group, **{k: cells[group][k] for k in
+                                                       ("n", "accuracy", "visual_tokens", "resize_rate")}}
+                  for name, cells in methods.items() for group in cells if "/" in group]
+        if detail:
+            sections.append("## Per kind, split by whether the question needs the full image\n")
+            sections.append(markdown_table(detail))
         targets = {k: v for k, v in evaluation.get("headline", {}).items() if k.startswith("target/")}
         if targets:
             sections.append("## VisionThink targets\n")

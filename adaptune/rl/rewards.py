@@ -1,5 +1,11 @@
 """VisionThink rewards as TRL reward functions: accuracy (via a judge), format, resolution penalty, and their sum.
 
+TRL's convention is a list of reward functions with `GRPOConfig.reward_weights`: `make_visionthink_rewards` returns
+the three parts as a `RewardSet` (funcs + weights) sharing one `VisionThinkScorer`, so the judge is asked once per
+batch, a dropped group is None in every part, the penalty sees its group, and TRL logs `rewards/<part>/mean` itself.
+`make_visionthink_reward` is the same reward as one summed callable (equal to the weighted parts, tested).
+`load_reward_object("package.module:function")` / `("path/file.py:function")` finds a user's reward.
+
 Why: VisionThink teaches a VLM to answer from a half-resolution image or call `resize_image` for the full one. The
 reward is `accuracy + 0.5 * format - penalty`, where the penalty compares, within each group of rollouts of one
 prompt, how many correct answers came without vs. after resizing (docs/methods.md#visionthink).
@@ -331,6 +337,198 @@ def _std(values: Sequence[float]) -> float:
     return math.sqrt(sum((v - mu) ** 2 for v in values) / max(1, len(values) - 1))
 
 
+@dataclass
+class ScoredBatch:
+    """One reward call's batch judged once: what every VisionThink reward part reads.
+
+    `scores`, `penalties` and `total` are None for every member of a dropped group (the judge failed on part of
+    it); `formats` and `resized` are always filled."""
+
+    slices: list[slice]
+    scores: list[float | None]
+    formats: list[float]
+    penalties: list[float | None]
+    resized: list[bool]
+    total: list[float | None]
+    """accuracy_weight * accuracy + format_weight * format - penalty (the summed VisionThink reward)."""
+
+    def kept(self, values: Sequence[Any]) -> list[Any]:
+        """`values` with None in the dropped groups (so that TRL leaves those rollouts out in every part)."""
+        return [None if self.scores[i] is None else v for i, v in enumerate(values)]
+
+
+class VisionThinkScorer:
+    """Judges a reward call's batch ONCE and shares the verdicts between the VisionThink reward parts.
+
+    TRL calls every reward function with the same `completions` list of one batch; the first part to ask starts the
+    scoring (judge, dropped groups, group penalties, the `DropGuard`, the `log_metric` extras), the others await the
+    same result. So the accuracy and the penalty see the same verdicts (an LLM judge is asked once), a dropped group
+    is None in every part, and the group penalty still sees its whole group. A new `completions` object is a new
+    batch. `log_components` also logs each part's mean by hand (for the one-callable `make_visionthink_reward`;
+    with separate functions TRL logs `rewards/<name>/mean` itself)."""
+
+    def __init__(self, judge: Any = None, num_generations: int | None = None, format_weight: float = 0.5,
+                 accuracy_weight: float = 1.0, penalty: PenaltyConfig | Mapping[str, Any] | None = None,
+                 question_key: str = "question", reference_key: str = "answer", tool_name: str = TOOL_NAME,
+                 tool_arguments: Mapping[str, Any] | None = RESIZE_ARGUMENTS, log_prefix: str = "visionthink",
+                 max_dropped_share: float | None = 0.5, dropped_window: int = 5,
+                 log_components: bool = False) -> None:
+        self.judge = build_judge(judge)
+        self.guard = DropGuard(max_dropped_share, dropped_window, log_prefix)
+        self.penalty = penalty if isinstance(penalty, PenaltyConfig) else PenaltyConfig(**dict(penalty or {}))
+        self.num_generations, self.format_weight, self.accuracy_weight = num_generations, format_weight, accuracy_weight
+        self.question_key, self.reference_key = question_key, reference_key
+        self.tool_name, self.tool_arguments, self.log_prefix = tool_name, tool_arguments, log_prefix
+        self.log_components = log_components
+        self._batch: Any = None  # the `completions` object being scored (held, so its id is not reused)
+        self._task: Any = None
+        self._last_stats: dict[str, int] = {}
+
+    async def score(self, prompts: Sequence[Any] | None, completions: Sequence[Any],
+                    kwargs: Mapping[str, Any]) -> ScoredBatch:
+        """The batch's `ScoredBatch`, computed at the first call for this `completions` object."""
+        import asyncio
+
+        if self._batch is not completions or self._task is None:
+            self._batch = completions
+            self._task = asyncio.ensure_future(self._score(prompts, completions, kwargs))
+        return await self._task
+
+    async def _score(self, prompts: Sequence[Any] | None, completions: Sequence[Any],
+                     kwargs: Mapping[str, Any]) -> ScoredBatch:
+        n = len(completions)
+        slices = group_slices(n, self.num_generations, prompts)
+        environments = kwargs.get("environments")
+        scores = await judge_completions(self.judge, completions, prompts, kwargs, self.question_key,
+                                         self.reference_key)
+        scores = drop_failed_groups(scores, slices)
+        formats = [float(check_format(c, self.tool_name, self.tool_arguments)) for c in completions]
+        resized = rollout_resized(completions, environments, self.tool_name)
+        penalties: list[float | None] = [None] * n
+        total: list[float | None] = [None] * n
+        zero_std = 0
+        for s in slices:
+            if s.stop <= s.start or scores[s][0] is None:
+                continue
+            correct = [v >= self.penalty.correct_threshold for v in scores[s]]  # type: ignore[operator]
+            penalties[s] = resolution_penalties(correct, resized[s], self.penalty)
+            for i in range(s.start, s.stop):
+                total[i] = (self.accuracy_weight * scores[i] + self.format_weight * formats[i]  # type: ignore
+                            - penalties[i])  # type: ignore[operator]
+            zero_std += len(total[s]) > 1 and _std(total[s]) < 1e-4  # type: ignore[arg-type]
+        batch = ScoredBatch(slices, scores, formats, penalties, resized, total)
+        self._log(kwargs, batch, environments, zero_std)
+        self.guard.observe(scores, slices, self.judge.stats())
+        return batch
+
+    def _log(self, kwargs: Mapping[str, Any], b: ScoredBatch, environments: Any, zero_std: int) -> None:
+        log_metric, log_extra = kwargs.get("log_metric"), kwargs.get("log_extra")
+        p = self.log_prefix
+        if callable(log_metric):
+            kept = len([s for s in b.slices if s.stop > s.start and b.scores[s.start] is not None])
+            if self.log_components:
+                log_metric(f"{p}/accuracy", _mean(b.scores))
+                log_metric(f"{p}/format", _mean(b.formats))
+                log_metric(f"{p}/penalty", _mean(b.penalties))
+            log_metric(f"{p}/resize_rate", _mean([float(r) for r in b.resized]))
+            kinds = kwargs.get("kind")
+            if isinstance(kinds, (list, tuple)) and len(kinds) == len(b.resized):  # e.g. GlyphQA's fine / coarse
+                for kind in sorted({k for k in kinds if isinstance(k, str)}):
+                    log_metric(f"{p}/resize_rate_{kind}", _mean([float(r) for r, k in zip(b.resized, kinds)
+                                                                 if k == kind]))
+            log_metric(f"{p}/dropped_groups", 1.0 - kept / max(1, len(b.slices)))
+            log_metric(f"{p}/zero_std_groups", zero_std / max(1, kept))
+            tokens = [getattr(e, "visual_tokens", None) for e in environments or []]
+            if any(isinstance(t, (int, float)) for t in tokens):
+                log_metric(f"{p}/visual_tokens", _mean([float(t) for t in tokens if isinstance(t, (int, float))]))
+            stats = self.judge.stats()
+            for key, value in stats.items():
+                log_metric(f"{p}/judge_{key}", float(value - self._last_stats.get(key, 0)))
+            self._last_stats.update(stats)
+        if callable(log_extra):
+            log_extra(f"{p}_accuracy", list(b.scores))
+            log_extra(f"{p}_format", list(b.formats))
+            log_extra(f"{p}_resized", [float(r) for r in b.resized])
+
+
+@dataclass
+class RewardSet:
+    """Reward functions and their weights, as `trl.GRPOTrainer(reward_funcs=set.funcs)` and
+    `GRPOConfig(reward_weights=set.weights)` take them; TRL sums `weight * reward` and logs each function's mean as
+    `rewards/<function name>/mean`."""
+
+    funcs: list[RewardFn]
+    weights: list[float]
+
+    def __post_init__(self) -> None:
+        if len(self.funcs) != len(self.weights):
+            raise ValueError(f"{len(self.funcs)} reward functions but {len(self.weights)} weights")
+
+    @property
+    def names(self) -> list[str]:
+        return [getattr(f, "__name__", type(f).__name__) for f in self.funcs]
+
+
+VISIONTHINK_PARTS = ("accuracy", "format", "resolution_penalty")
+"""The VisionThink reward's parts, in `grpo.rewards` order by default (weights accuracy_weight, format_weight, 1)."""
+
+
+def make_visionthink_rewards(
+    judge: Any = None,
+    num_generations: int | None = None,
+    format_weight: float = 0.5,
+    accuracy_weight: float = 1.0,
+    penalty: PenaltyConfig | Mapping[str, Any] | None = None,
+    question_key: str = "question",
+    reference_key: str = "answer",
+    tool_name: str = TOOL_NAME,
+    tool_arguments: Mapping[str, Any] | None = RESIZE_ARGUMENTS,
+    log_prefix: str = "visionthink",
+    max_dropped_share: float | None = 0.5,
+    dropped_window: int = 5,
+    parts: Sequence[str] = VISIONTHINK_PARTS,
+    weights: Sequence[float] | None = None,
+) -> RewardSet:
+    """The VisionThink reward the TRL way: separate async functions `accuracy` (judge score), `format` (0/1) and
+    `resolution_penalty` (-P, per group), weighted [accuracy_weight, format_weight, 1.0] by default, so that the
+    weighted sum equals `make_visionthink_reward`'s summed reward exactly and TRL logs each part.
+
+    They share one `VisionThinkScorer` (one judge call per batch, one `DropGuard`); a dropped group is None in every
+    part, so TRL leaves it out as before. `parts` picks and orders them, `weights` overrides the defaults.
+
+    >>> import asyncio
+    >>> rewards = make_visionthink_rewards(judge="rule", num_generations=2)
+    >>> rewards.names, rewards.weights
+    (['accuracy', 'format', 'resolution_penalty'], [1.0, 0.5, 1.0])
+    >>> batch = ["<think>clear</think><answer>4</answer>", "<think>hm</think><answer>5</answer>"]
+    >>> [asyncio.run(f(prompts=["q", "q"], completions=batch, answer=["4", "4"])) for f in rewards.funcs]
+    [[1.0, 0.0], [1.0, 1.0], [0.0, 0.0]]
+    """
+    unknown = [p for p in parts if p not in VISIONTHINK_PARTS]
+    if unknown:
+        raise ValueError(f"unknown VisionThink reward part(s) {unknown}; known: {', '.join(VISIONTHINK_PARTS)}")
+    scorer = VisionThinkScorer(judge, num_generations, format_weight, accuracy_weight, penalty, question_key,
+                               reference_key, tool_name, tool_arguments, log_prefix, max_dropped_share,
+                               dropped_window)
+
+    async def accuracy(prompts: Sequence[Any] | None = None, completions: Sequence[Any] = (), **kwargs: Any):
+        return list((await scorer.score(prompts, completions, kwargs)).scores)
+
+    async def format(prompts: Sequence[Any] | None = None, completions: Sequence[Any] = (),  # noqa: A001
+                     **kwargs: Any):
+        batch = await scorer.score(prompts, completions, kwargs)
+        return batch.kept(batch.formats)
+
+    async def resolution_penalty(prompts: Sequence[Any] | None = None, completions: Sequence[Any] = (),
+                                 **kwargs: Any):
+        return [None if p is None else 0.0 - p for p in (await scorer.score(prompts, completions, kwargs)).penalties]
+
+    made = {"accuracy": accuracy, "format": format, "resolution_penalty": resolution_penalty}
+    default = {"accuracy": float(accuracy_weight), "format": float(format_weight), "resolution_penalty": 1.0}
+    funcs = [_named(made[p], p, judge=scorer.judge, penalty=scorer.penalty, scorer=scorer) for p in parts]
+    return RewardSet(funcs, [float(w) for w in weights] if weights is not None else [default[p] for p in parts])
+
+
 @REWARDS.register("visionthink")
 def make_visionthink_reward(
     judge: Any = None,
@@ -346,69 +544,56 @@ def make_visionthink_reward(
     max_dropped_share: float | None = 0.5,
     dropped_window: int = 5,
 ) -> RewardFn:
-    """accuracy_weight * accuracy + format_weight * format - penalty, one judge call per batch, with logging.
+    """accuracy_weight * accuracy + format_weight * format - penalty as ONE callable (one judge call per batch).
 
-    Logs through TRL's `log_metric` (when the trainer passes it): each component's mean, the resize rate (also per
-    `kind` when the rows carry one: `resize_rate_fine`, `resize_rate_coarse`), visual
-    tokens per sample (from `environments[i].visual_tokens`), dropped and zero-variance group shares and the judge's
-    counters for this batch; and per-sample columns through `log_extra`.
-    Raises `DroppedGroupsError` when more than `max_dropped_share` of the groups of the last `dropped_window` calls
-    were dropped (judge failures); `max_dropped_share=None` never aborts.
+    Recipes use the separate parts (`make_visionthink_rewards`, `grpo.rewards`), whose weighted sum is this reward
+    exactly; this form suits trainers that take one reward function. It logs through TRL's `log_metric` (when the
+    trainer passes it): each component's mean, the resize rate (also per `kind` when the rows carry one:
+    `resize_rate_fine`, `resize_rate_coarse`), visual tokens per sample (from `environments[i].visual_tokens`),
+    dropped and zero-variance group shares and the judge's counters for this batch; and per-sample columns through
+    `log_extra`. Raises `DroppedGroupsError` when more than `max_dropped_share` of the groups of the last
+    `dropped_window` calls were dropped (judge failures); `max_dropped_share=None` never aborts.
     """
-    the_judge = build_judge(judge)
-    guard = DropGuard(max_dropped_share, dropped_window, log_prefix)
-    config = penalty if isinstance(penalty, PenaltyConfig) else PenaltyConfig(**dict(penalty or {}))
-    last_stats: dict[str, int] = {}
+    scorer = VisionThinkScorer(judge, num_generations, format_weight, accuracy_weight, penalty, question_key,
+                               reference_key, tool_name, tool_arguments, log_prefix, max_dropped_share,
+                               dropped_window, log_components=True)
 
     async def visionthink(prompts: Sequence[Any] | None = None, completions: Sequence[Any] = (), **kwargs: Any):
-        n = len(completions)
-        slices = group_slices(n, num_generations, prompts)
-        environments = kwargs.get("environments")
-        scores = await judge_completions(the_judge, completions, prompts, kwargs, question_key, reference_key)
-        scores = drop_failed_groups(scores, slices)
-        formats = [float(check_format(c, tool_name, tool_arguments)) for c in completions]
-        resized = rollout_resized(completions, environments, tool_name)
-        penalties: list[float | None] = [None] * n
-        rewards: list[float | None] = [None] * n
-        zero_std = 0
-        for s in slices:
-            if scores[s][0] is None:
-                continue
-            correct = [v >= config.correct_threshold for v in scores[s]]  # type: ignore[operator]
-            penalties[s] = resolution_penalties(correct, resized[s], config)
-            for i in range(s.start, s.stop):
-                rewards[i] = accuracy_weight * scores[i] + format_weight * formats[i] - penalties[i]  # type: ignore
-            zero_std += len(rewards[s]) > 1 and _std(rewards[s]) < 1e-4  # type: ignore[arg-type]
-        _log(kwargs, scores, formats, penalties, resized, environments, slices, zero_std)
-        guard.observe(scores, slices, the_judge.stats())
-        return rewards
+        scorer._batch = None  # one callable: every call is a new batch
+        return list((await scorer.score(prompts, completions, kwargs)).total)
 
-    def _log(kwargs, scores, formats, penalties, resized, environments, slices, zero_std) -> None:
-        log_metric, log_extra = kwargs.get("log_metric"), kwargs.get("log_extra")
-        if callable(log_metric):
-            p = log_prefix
-            kept = len([s for s in slices if scores[s.start] is not None])
-            log_metric(f"{p}/accuracy", _mean(scores))
-            log_metric(f"{p}/format", _mean(formats))
-            log_metric(f"{p}/penalty", _mean(penalties))
-            log_metric(f"{p}/resize_rate", _mean([float(r) for r in resized]))
-            kinds = kwargs.get("kind")
-            if isinstance(kinds, (list, tuple)) and len(kinds) == len(resized):  # e.g. GlyphQA's fine / coarse
-                for kind in sorted({k for k in kinds if isinstance(k, str)}):
-                    rate = _mean([float(r) for r, k in zip(resized, kinds) if k == kind])
-                    log_metric(f"{p}/resize_rate_{kind}", rate)
-            log_metric(f"{p}/dropped_groups", 1.0 - kept / max(1, len(slices)))
-            log_metric(f"{p}/zero_std_groups", zero_std / max(1, kept))
-            tokens = [getattr(e, "visual_tokens", None) for e in environments or []]
-            if any(isinstance(t, (int, float)) for t in tokens):
-                log_metric(f"{p}/visual_tokens", _mean([float(t) for t in tokens if isinstance(t, (int, float))]))
-            stats = the_judge.stats()
-            for key, value in stats.items():
-                log_metric(f"{p}/judge_{key}", float(value - last_stats.get(key, 0)))
-            last_stats.update(stats)
-        if callable(log_extra):
-            log_extra(f"{log_prefix}_accuracy", list(scores))
-            log_extra(f"{log_prefix}_format", list(formats))
-            log_extra(f"{log_prefix}_resized", [float(r) for r in resized])
+    return _named(visionthink, "visionthink", judge=scorer.judge, penalty=scorer.penalty)
 
-    return _named(visionthink, "visionthink", judge=the_judge, penalty=config)
+
+def load_reward_object(spec: str, default_attr: str | None = None, where: str = "reward") -> Any:
+    """The object a reward spec names: `package.module:name` (imported) or `path/to/file.py:name` (loaded from the
+    file); without `:name`, `default_attr` of that module (e.g. a plugin's `build_reward_funcs`).
+
+    >>> load_reward_object("adaptune.rl.rewards:make_format_reward").__name__
+    'make_format_reward'
+    """
+    import importlib
+    import importlib.util
+    from pathlib import Path
+
+    module_part, _, attr = str(spec).partition(":")
+    attr = attr or default_attr or ""
+    if not attr:
+        raise ValueError(f"{where}: {spec!r} names a module but no function; write 'module:function'")
+    if module_part.endswith(".py") or "/" in module_part or "\\" in module_part:
+        path = Path(module_part)
+        if not path.is_file():
+            raise ValueError(f"{where}: {path} does not exist")
+        mod_spec = importlib.util.spec_from_file_location(f"adaptune_reward_{path.stem}", path)
+        if mod_spec is None or mod_spec.loader is None:
+            raise ValueError(f"{where}: cannot load {path}")
+        module = importlib.util.module_from_spec(mod_spec)
+        mod_spec.loader.exec_module(module)
+    else:
+        try:
+            module = importlib.import_module(module_part)
+        except ImportError as exc:
+            raise ValueError(f"{where}: cannot import {module_part!r} ({exc})") from None
+    if not hasattr(module, attr):
+        raise ValueError(f"{where}: {module_part} has no {attr!r}")
+    return getattr(module, attr)

@@ -6,7 +6,9 @@ reaches it without the training layer importing RL).
 Why: a GRPO run writes the same folder as an adapter run (config.yaml, metrics.jsonl, checkpoints/ with COMPLETE
 markers and `resume=true`, adapter/, eval.json, report.md with plots, DONE) and obeys the same refusals, so it uses
 `adaptune.train.lifecycle.RunLifecycle` rather than a copy of it. What is GRPO-specific stays here: the environment's
-counters in every training log, `grpo.time_limit_minutes`, and the held-out policy comparison in the report.
+counters in every training log, the stop rule (`training.max_steps`; `grpo.time_limit_minutes` is only a guard, and a
+run it stops early is marked CUT SHORT at step N of M in the log, metrics.jsonl, eval.json and report.md), and the
+held-out policy comparison in the report.
 
 How:
 
@@ -47,15 +49,24 @@ def run_grpo_recipe(recipe: Recipe) -> Path:
                 atomic_write_text(life.run_dir / "ABORTED", f"{exc}\n")
             raise
         train_seconds, steps_run = outcome.seconds, outcome.steps_run
+    cut_short = life.time_limit.cut_short if life.time_limit is not None else None
+    if cut_short and life.is_main_process:
+        append_jsonl(life.run_dir / "metrics.jsonl", {"event": "cut_short", **cut_short})
     model = life.save_adapter(trainer)  # every process: sharded weights are gathered
+    if recipe.adapter.method == "none" and steps_run > 0:  # a full fine-tune: the whole policy, loadable as is
+        trainer.save_model(str(life.run_dir / "model"))  # every process: ZeRO-3 / FSDP gather the partitions
+        if life.is_main_process:
+            parts.loaded.processor.save_pretrained(life.run_dir / "model")
     sharded = is_sharded(trainer.model_wrapped)
     if not life.is_main_process and not sharded:  # a replicated policy is evaluated by the main process alone
         return life.run_dir
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
     summary: dict[str, Any] = {
         "method": recipe.adapter.method, "family": parts.loaded.family.name, "model": recipe.model.source,
+        "chat_template": parts.loaded.chat_template,
         "trainable_params": n_train, "total_params": sum(p.numel() for p in model.parameters()),
-        "steps": trainer.state.global_step, "train_seconds": round(train_seconds, 1),
+        "steps": trainer.state.global_step, "max_steps": recipe.training.max_steps,
+        "cut_short": bool(cut_short), "train_seconds": round(train_seconds, 1),
         "seconds_per_step": round(train_seconds / max(1, steps_run), 3),
         "num_generations": parts.config.num_generations, "max_completion_length": parts.config.max_completion_length,
         **{f"data/{k}": v for k, v in parts.data_stats.items()},
@@ -69,9 +80,16 @@ def run_grpo_recipe(recipe: Recipe) -> Path:
     if not life.is_main_process:
         return life.run_dir
     summary["wall_seconds"] = life.elapsed()
-    return life.finish(f"Run {recipe.name} (VisionThink GRPO)", summary, step=trainer.state.global_step,
-                       final=evaluation.get("headline", {}), eval_extra={"evaluation": evaluation},
-                       sections=report_sections(life.run_dir, evaluation, parts.budget))
+    sections = report_sections(life.run_dir, evaluation, parts.budget)
+    title = f"Run {recipe.name} (VisionThink GRPO)"
+    if cut_short:  # loud: this is not the run the recipe describes
+        title += f": CUT SHORT at step {cut_short['step']} of {cut_short['max_steps']}"
+        sections.insert(0, f"\n> **Cut short.** The wall-time guard (`grpo.time_limit_minutes: "
+                           f"{cut_short['minutes']:g}`) stopped training at step {cut_short['step']} of "
+                           f"{cut_short['max_steps']} (`training.max_steps`); the figures below are of a shorter run "
+                           "than the recipe's. Rerun on a quieter machine or raise the guard.\n")
+    return life.finish(title, summary, step=trainer.state.global_step, final=evaluation.get("headline", {}),
+                       eval_extra={"evaluation": evaluation, "cut_short_at": cut_short}, sections=sections)
 
 
 __all__ = ["run_grpo_recipe"]

@@ -11,7 +11,8 @@ them in `adapter.params`, and so is this task with another adapter method. Any i
 `cache_dir` keeps the denoised targets on disk (filled before training), shared with the objective as `target_cache`.
 
 Why: registers absorb the artifact tokens of a pre-trained ViT without retraining it; only the registers, the position
-and patch embeddings and the last block train.
+and patch embeddings and the last block the model reads train (the ViT's last; on LLaVA the block of
+`vision_feature_layer`, whose hidden state is also the distillation target).
 
     task: {name: register_distill, params: {dataset: glyphqa, cache_dir: runs/x/targets}}
     adapter: {method: registers, params: {num_registers: 16, num_views: 10}}

@@ -1,8 +1,10 @@
 """`vqa_sft`: supervised fine-tuning of a VLM on (image, question, answer) rows, answer-only loss.
 
-The default data is GlyphQA (`adaptune.data.glyphqa`); any `datasets` folder saved with `save_to_disk` whose rows have
-`image`, `question`, `answer` (and optionally `kind`) works too (`dataset: /path/to/folder`). Evaluation generates
-greedily and reports accuracy overall and per question kind, plus the visual tokens each answer cost.
+The default data is GlyphQA (`adaptune.data.glyphqa`); `dataset` takes any dataset spec of `adaptune.data.sources`
+(docs/datasets.md): a `save_to_disk` folder, parquet / JSON-lines files, a hub id, with a column map or the shipped
+`visionthink` schema (`dataset: {path: data/*.parquet, schema: visionthink}`). Rows stay Arrow-backed with images
+encoded; a batch decodes its own images. Evaluation generates greedily and reports accuracy overall and per question
+kind, plus the visual tokens each answer cost.
 
 For a method's objective the task provides LOGITS (the LM's next-token logits at the answer positions, recomputable
 on the same batch, so R-AMT's gradient dropout compares frozen and current next-token distributions there) and BUDGET
@@ -28,6 +30,7 @@ from PIL import Image
 from ..budget.placeholders import BudgetProcessor
 from ..budget.protocol import DIRECT_THOUGHT, direct_answer, render, user_messages
 from ..budget.resolution import downsample
+from ..data.sources import check_pixel_range, fit_pixels, load_source, parse_spec
 from ..data.validate import check_dataset_images, prepare_image, prepare_vqa_row
 from ..registry import TASKS
 from .base import BUDGET, LOGITS, Task, TaskLoss
@@ -45,24 +48,12 @@ def normalize(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", " ", text.lower()).strip()
 
 
-def load_vqa_rows(dataset: str, split: str, n: int, seed: int) -> list[dict[str, Any]]:
-    """Rows with image/question/answer/kind from GlyphQA or a saved `datasets` folder."""
-    if dataset == "glyphqa":
-        from ..data.glyphqa import GlyphQAConfig, build_split
-
-        return build_split(GlyphQAConfig(seed=seed), split, num_images=n)
-    import datasets as hf_datasets
-
-    data = hf_datasets.load_from_disk(dataset)
-    if isinstance(data, hf_datasets.DatasetDict):
-        if split not in data:
-            raise ValueError(f"{dataset} has no split {split!r} (has {list(data)})")
-        data = data[split]
-    missing = {"image", "question", "answer"} - set(data.column_names)
-    if missing:
-        raise ValueError(f"{dataset}: rows lack columns {sorted(missing)}")
-    data = data.select(range(min(n, len(data))))
-    check_dataset_images(data)  # a corrupt file or a bomb is an InputError naming the row, not a PIL trace later
+def load_vqa_rows(dataset: Any, split: str, n: int, seed: int, key: str = "task.params.dataset") -> Any:
+    """Rows with image/question/answer[/kind] of `split` from any dataset spec (`adaptune.data.sources`): generated
+    GlyphQA, or a `datasets.Dataset` whose images decode when a row is read."""
+    data = load_source(dataset, split, n, key=key, seed=seed)
+    if parse_spec(dataset, key).path != "glyphqa":
+        check_dataset_images(data)  # a corrupt file or a bomb is an InputError naming the row, not a PIL trace later
     return data
 
 
@@ -77,7 +68,9 @@ ANSWER_FORMATS = ("tagged", "plain", "protocol")
 
 @dataclass
 class VQAParams:
-    dataset: str = "glyphqa"
+    dataset: Any = "glyphqa"
+    """A dataset spec (docs/datasets.md): "glyphqa", a folder, parquet / JSON-lines files, a hub id, or a mapping
+    {path, split, columns, schema, name, image_root}."""
     num_train: int = 2000
     num_eval: int = 200
     resolution: str = "full"
@@ -89,15 +82,24 @@ class VQAParams:
     on)."""
     max_new_tokens: int = 24
     eval_batch_size: int = 16
+    min_pixels: int | None = None
+    """Images with fewer pixels are scaled up to this many before `resolution` applies (VisionThink: 512 * 512)."""
+    max_pixels: int | None = None
+    """Images with more pixels are scaled down to this many before `resolution` applies (VisionThink: 2048 * 2048)."""
 
     def __post_init__(self) -> None:
         if self.answer_format not in ANSWER_FORMATS:
             raise ValueError(f"answer_format must be one of {', '.join(ANSWER_FORMATS)}, got {self.answer_format!r}")
+        check_pixel_range(self.min_pixels, self.max_pixels)
+        parse_spec(self.dataset, "task.params.dataset")  # a malformed spec fails with the recipe
 
 
-def resize_for(image: Image.Image, resolution: str) -> Image.Image:
+def resize_for(image: Image.Image, resolution: str, min_pixels: int | None = None,
+               max_pixels: int | None = None) -> Image.Image:
     """The image the model sees at `resolution`: as is ("full") or through the one downsampler ("half"); both through
-    `adaptune.data.validate.prepare_image` (never a plain `.convert("RGB")`)."""
+    `adaptune.data.validate.prepare_image` (never a plain `.convert("RGB")`), after the pixel range, if one is set."""
+    if min_pixels is not None or max_pixels is not None:
+        image = fit_pixels(prepare_image(image), min_pixels, max_pixels)
     if resolution == "half":
         return downsample(image, 0.5)
     if resolution != "full":
@@ -151,6 +153,9 @@ class VQATask(Task):
         }
 
     # -- batching -------------------------------------------------------------------------------------------------
+    def _view(self, image: Image.Image, resolution: str) -> Image.Image:
+        return resize_for(image, resolution, self.params.min_pixels, self.params.max_pixels)
+
     def _target(self, answer: str) -> str:
         if self.params.answer_format == "plain":
             return answer
@@ -172,7 +177,7 @@ class VQATask(Task):
     def _collate(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
         tok = self.processor.tokenizer
         rows = [prepare_vqa_row(r, i) for i, r in enumerate(rows)]
-        images = [resize_for(r["image"], self.params.resolution) for r in rows]
+        images = [self._view(r["image"], self.params.resolution) for r in rows]
         eos = tok.eos_token or ""
         prompts = [self._prompt(r["question"]) for r in rows]
         targets = [self._target(str(r["answer"])) + eos for r in rows]
@@ -215,7 +220,7 @@ class VQATask(Task):
         for start in range(0, len(rows), self.params.eval_batch_size):
             chunk = [prepare_vqa_row(r, start + i) for i, r in enumerate(rows[start:start + self.params.eval_batch_size])]
             tok.padding_side = "left"
-            batch = self.processor(images=[resize_for(r["image"], resolution) for r in chunk],
+            batch = self.processor(images=[self._view(r["image"], resolution) for r in chunk],
                                    text=[self._prompt(r["question"]) for r in chunk], return_tensors="pt",
                                    padding=True)
             t0 = time.perf_counter()

@@ -7,7 +7,8 @@ checks it and holds its lock until `finish`, the other processes of an `accelera
 first non-finite loss or gradient norm (`TrainingDivergedError`, nothing saved), resume from the newest COMPLETE
 checkpoint (metrics logged after it are dropped), save the adapter (weights gathered from every process through the
 trainer's accelerator, so FSDP / ZeRO-3 shards are whole; non-finite weights refused), then write the final metrics
-record, `eval.json`, `report.md` and `DONE`.
+record, `eval.json`, `report.md` and `DONE`. After training, `trainer_state.json` (the Trainer's log history and
+state, as `Trainer.save_model` writes it) sits at the top of the run directory.
 
 Processes: only the main process creates, writes or deletes anything in the run directory (the other ranks write
 nothing there but the trainer's own per-rank RNG state inside checkpoints, `rng_state_<rank>.pth`, which resuming them
@@ -35,6 +36,8 @@ How:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import json
 import logging
 import math
 import time
@@ -196,20 +199,27 @@ class FiniteGuard(TrainerCallback):
 
 
 class TimeLimit(TrainerCallback):
-    """Ends training after `minutes` of wall time, saving a checkpoint first (for time-boxed demos)."""
+    """A wall-time guard: ends training after `minutes`, saving a checkpoint first. Runs stop at their step count
+    (`training.max_steps`); when this guard fires instead, `cut_short` says at which step of how many, and a warning
+    says so (the run is then not the run its recipe describes)."""
 
     def __init__(self, minutes: float) -> None:
         self.minutes = minutes
         self.start = time.time()
+        self.cut_short: dict[str, Any] | None = None
+        """{"step", "max_steps", "minutes"} once the guard stopped a run before its last step."""
 
     def on_train_begin(self, args, state, control, **kwargs):
         self.start = time.time()
 
     def on_step_end(self, args, state, control, **kwargs):
         if time.time() - self.start > 60 * self.minutes:
-            log.info("time limit of %.1f min reached at step %d", self.minutes, state.global_step)
             control.should_training_stop = True
             control.should_save = True
+            if state.global_step < state.max_steps:
+                self.cut_short = {"step": state.global_step, "max_steps": state.max_steps, "minutes": self.minutes}
+                log.warning("CUT SHORT: the wall-time guard of %g min stopped training at step %d of %d",
+                            self.minutes, state.global_step, state.max_steps)
 
 
 @dataclass
@@ -226,6 +236,7 @@ class RunLifecycle:
     def __init__(self, recipe: Recipe, run_dir: Path, state: Any) -> None:
         self.recipe, self.run_dir, self.state = recipe, Path(run_dir), state
         self.started = time.time()
+        self.time_limit: TimeLimit | None = None
 
     @classmethod
     def begin(cls, recipe: Recipe) -> RunLifecycle:
@@ -263,7 +274,8 @@ class RunLifecycle:
                 log.warning("the time limit is ignored with %d processes (they could stop at different steps)",
                             self.state.num_processes)
             else:
-                trainer.add_callback(TimeLimit(time_limit_minutes))
+                self.time_limit = TimeLimit(time_limit_minutes)
+                trainer.add_callback(self.time_limit)
 
     def resume_checkpoint(self) -> Path | None:
         """With `resume=true`: the newest COMPLETE checkpoint (half-written ones are moved aside first).
@@ -288,6 +300,9 @@ class RunLifecycle:
         resumed_from = self.resume_checkpoint()
         t0 = time.time()
         trainer.train(resume_from_checkpoint=str(resumed_from) if resumed_from else None)
+        if self.is_main_process:  # where HF users look for it (Trainer.save_model writes it there too)
+            atomic_write_text(self.run_dir / "trainer_state.json",
+                              json.dumps(dataclasses.asdict(trainer.state), indent=2, sort_keys=True) + "\n")
         start = int(resumed_from.name.split("-")[1]) if resumed_from else 0
         log.info("process %d of %d: %d optimizer steps", self.state.process_index, self.state.num_processes,
                  trainer.state.global_step - start)
@@ -298,8 +313,9 @@ class RunLifecycle:
 
         Given a trainer, the weights come from `trainer.accelerator.get_state_dict` (what `Trainer.save_model` uses):
         with several processes it gathers FSDP shards / ZeRO-3 partitions (a collective, hence every process); the
-        adapter's tensors are picked from it and saved through adaptune's checked save. Given a bare model (no
-        training happened), the module's own weights are saved."""
+        adapter's tensors are picked from it and saved through adaptune's checked save. A sharded model is gathered
+        with ONE process too (FSDP 2 on one GPU: its parameters are DTensors, which PEFT's save cannot read). Given a
+        bare model (no training happened), the module's own weights are saved."""
         from peft import PeftModel
 
         from ..methods.objective import unwrap_model
@@ -310,10 +326,11 @@ class RunLifecycle:
             wrapped = trainer.model_wrapped if getattr(trainer, "model_wrapped", None) is not None else trainer.model
         model = unwrap_model(trainer.model if trainer is not None else trainer_or_model)
         state_dict = None
-        if trainer is not None and trainer.accelerator.num_processes > 1 and isinstance(model, PeftModel):
+        if trainer is not None and isinstance(model, PeftModel) and (
+                trainer.accelerator.num_processes > 1 or is_sharded(wrapped)):
             state_dict = _adapter_tensors_materialised(trainer.accelerator.get_state_dict(wrapped), model)
         if self.is_main_process and isinstance(model, PeftModel):
-            save_adapter(model, self.run_dir / "adapter", state_dict=state_dict)
+            save_adapter(model, self.run_dir / "adapter", state_dict=state_dict, source=self.recipe.model.source)
         self.state.wait_for_everyone()
         return model
 
@@ -327,10 +344,27 @@ class RunLifecycle:
         append_jsonl(self.run_dir / "metrics.jsonl",
                      {"event": "final", "step": step, "world_size": int(self.state.num_processes), **final})
         atomic_write_json(self.run_dir / "eval.json", {**summary, **(eval_extra or {})})
+        self._write_model_card(summary)
         write_report(self.run_dir, title, summary, sections)
         atomic_write_text(self.run_dir / "DONE", time.strftime("%Y-%m-%dT%H:%M:%S\n"))
         self.close()
         return self.run_dir
+
+    def _write_model_card(self, summary: dict[str, Any]) -> None:
+        """The adapter's README.md again, now with the recipe, the training figures and the eval table."""
+        adapter = self.run_dir / "adapter"
+        if not (adapter / "adapter_config.json").exists():
+            return
+        from ..card import write_model_card
+        from ..models import get_family
+
+        meta = json.loads((adapter / "adaptune.json").read_text()) if (adapter / "adaptune.json").exists() else {}
+        family = meta.get("family")
+        config = self.run_dir / "config.yaml"
+        write_model_card(adapter, source=self.recipe.model.source, family=family,
+                         family_kind=get_family(family).kind if family else None,
+                         recipe_text=config.read_text() if config.exists() else None, summary=summary,
+                         run_name=self.recipe.name, seed=self.recipe.model.seed)
 
     def close(self) -> None:
         """Release the run directory's lock (main process; idempotent). `finish` calls it after DONE."""
@@ -339,13 +373,30 @@ class RunLifecycle:
 
 
 def _adapter_tensors_materialised(state_dict: dict[str, Any] | None, model: Any) -> dict[str, Any] | None:
-    """The gathered state dict with the adapter's tensors as plain contiguous tensors: FSDP 2 hands back gathered
-    shards as collective-result wrappers whose storage PEFT's save cannot read (`tensor.storage()`)."""
+    """The gathered state dict with the adapter's tensors (and any DTensor) as plain CPU tensors owning their storage.
+
+    PEFT's save reads every adapter tensor's storage (`id_tensor_storage`, then safetensors). A DTensor, the parameter
+    of an FSDP 2 module that was not gathered, has none it can read: "Attempted to access the data pointer on an
+    invalid python storage", also after `.clone()` (the clone is a DTensor again). A DTensor on a one-rank mesh is made
+    whole here (no peer to wait for); one on a larger mesh means the gather left it sharded: refused by name, since
+    making it whole is a collective the other ranks are not in."""
     if state_dict is None:
         return None
+    import torch
+    from torch.distributed.tensor import DTensor
+
     names = set(getattr(model, "peft_config", {}) or {})
-    return {k: (v.detach().clone().contiguous() if hasattr(v, "detach") and any(
-        f".{n}." in k or k.endswith(f".{n}") for n in names) else v) for k, v in state_dict.items()}
+
+    def plain(key: str, value: Any) -> Any:
+        if isinstance(value, DTensor):
+            if value.device_mesh.size() > 1:
+                raise RuntimeError(f"the gathered state dict still holds a sharded tensor ({key}, placements "
+                                   f"{value.placements}); the adapter cannot be saved from it")
+            value = value.full_tensor()
+        return value.detach().to("cpu", copy=True).contiguous()
+
+    return {k: (plain(k, v) if isinstance(v, torch.Tensor) and (isinstance(v, DTensor) or any(
+        f".{n}." in k or k.endswith(f".{n}") for n in names)) else v) for k, v in state_dict.items()}
 
 
 def process_state() -> Any:

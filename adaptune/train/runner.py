@@ -19,7 +19,7 @@ from peft import get_peft_model
 from transformers import Trainer
 
 from ..config import Recipe, RecipeError, check_recipe_values, validate_params
-from ..models import LoadedModel, load_model
+from ..models import ChatTemplateError, LoadedModel, load_model
 from ..registry import RUN_KINDS, TASKS
 from ..tasks.base import Task
 from .convert import to_peft_config, to_training_arguments
@@ -48,9 +48,15 @@ def make_task(recipe: Recipe, loaded: LoadedModel) -> Task:
 
 
 def load_for_recipe(recipe: Recipe) -> LoadedModel:
+    """The recipe's model and processor, with `model.chat_template` applied; a `kind: grpo` recipe also gets a
+    template that TRL's tool loop can run (the resize tool), or a RecipeError naming the key."""
     m = recipe.model
-    return load_model(m.source, family=m.family, quantization=m.quantization, dtype=m.dtype,
-                      trust_remote_code=m.trust_remote_code, seed=m.seed)
+    try:
+        return load_model(m.source, family=m.family, quantization=m.quantization, dtype=m.dtype,
+                          trust_remote_code=m.trust_remote_code, seed=m.seed, chat_template=m.chat_template,
+                          tool_calling=recipe.kind == "grpo")
+    except ChatTemplateError as exc:
+        raise RecipeError(f"{recipe.source_file}: {exc}") from None
 
 
 def attach_adapter(recipe: Recipe, loaded: LoadedModel) -> torch.nn.Module:

@@ -38,7 +38,7 @@ INFO = register_method(
         config_cls=FlexProjectorConfig,
         model_cls=FlexProjectorModel,
         families=SUPPORTED_FAMILIES,
-        test_config=lambda family, model: FlexProjectorConfig(),
+        test_config=lambda family, model: FlexProjectorConfig(budgets=[4, 9, 16]),  # tiny grids
         objective=FlexProjectorObjective,
         description="TokenFLEX: pool-to-budget + LayerNorm + SwiGLU projector, one set of weights for every "
                     "visual-token budget",

@@ -6,7 +6,8 @@ deepstack taps); `base_family`, `vision_hidden_size` and `text_hidden_size` are 
 checked when it is loaded, so an adapter saved on one model refuses another with a message saying what differs.
 
     from adaptune.methods.flex_projector import FlexProjectorConfig
-    config = FlexProjectorConfig(budgets=[4, 9, 16], budget_weights=[2, 3, 5])
+    config = FlexProjectorConfig()                                      # the paper's 64/144/256 at 2:3:5
+    config = FlexProjectorConfig(budgets=[4, 9, 16], budget_weights=[2, 3, 5])   # a 128 px tiny model
 
 `budgets` / `budget_weights` are the single source of TokenFLEX's training budgets: the method's objective draws
 one per training batch from them on every task, and `flex_vqa` evaluates at `budgets` unless told otherwise.
@@ -28,11 +29,11 @@ DEEPSTACK_MODES = ("pool", "zero")
 class FlexProjectorConfig(PeftConfig):
     """TokenFLEX: a VLM projector made of pool-to-budget + LayerNorm + SwiGLU (docs/methods.md#flex_projector)."""
 
-    budgets: list[int] = field(default_factory=lambda: [4, 9, 16], metadata={
+    budgets: list[int] = field(default_factory=lambda: [64, 144, 256], metadata={
         "help": "Visual-token budgets per image drawn during training (one per batch, by the method's objective, on "
-                "any task) and evaluated by flex_vqa unless its eval_budgets say otherwise. The paper uses 64/144/256 "
-                "on a 27x27 grid; on a 128 px tiny Qwen3-VL (8x8 patches, 16 tokens by default) 4/9/16 keeps the "
-                "ratios."})
+                "any task) and evaluated by flex_vqa unless its eval_budgets say otherwise. Default: the paper's "
+                "64/144/256 (real checkpoints at their usual resolutions). A budget must fit the image's token grid: "
+                "a 128 px image on a tiny Qwen3-VL has 16 tokens, so its recipes set 4/9/16 (the same ratios)."})
     budget_weights: list[float] = field(default_factory=lambda: [2.0, 3.0, 5.0], metadata={
         "help": "Relative sampling weight of each entry of `budgets` (paper: 2:3:5)."})
     hidden_mult: int = field(default=3, metadata={

@@ -31,7 +31,8 @@ INFO = register_method(
         families=tuple(f for f in SUPPORTED_FAMILIES if f != "clipseg"),
         test_config=lambda family, model: RegistersConfig(num_registers=4),
         description="PH-Reg: post-hoc register tokens for a ViT (plus trainable copies of its position/patch "
-                    "embeddings and last block), trained by self-distillation from the frozen model",
+                    "embeddings and the last block the model reads), trained by self-distillation from the frozen "
+                    "model",
         mergeable=False,
         objective=RegistersObjective,
     ),

@@ -4,8 +4,9 @@
     config = RegistersConfig(num_registers=16)                       # CLIP / SigLIP / DINOv2 / LLaVA's CLIP tower
     config = RegistersConfig(num_registers=4, unlock=["last_block"])  # fewer trainable weights
 
-`target_modules` is filled in from the model (the ViT's embeddings and its last block); `base_family`,
-`vision_hidden_size` and `vision_layers` are recorded on creation and checked on load.
+`target_modules` is filled in from the model (the ViT's embeddings and the last block the model reads: the ViT's
+last, or on LLaVA the block of `vision_feature_layer`); `base_family`, `vision_hidden_size`, `vision_layers` and
+`feature_block` are recorded on creation and checked on load.
 
 The self-distillation settings (`num_views`, `max_shift`, `flip`, `candidates`, `fill`, `mse_weight`, `view_seed`)
 belong to the method, not to a task: the method's objective (`objective.RegistersObjective`) builds the teacher and
@@ -34,9 +35,10 @@ class RegistersConfig(PeftConfig):
         "help": "Standard deviation of the N(0, std^2) register initialisation; default 1/sqrt(hidden size)."})
     unlock: list[str] = field(default_factory=lambda: list(UNLOCKABLE), metadata={
         "help": "Pre-trained parts trained (as copies saved in the adapter; the originals stay for "
-                f"disable_adapter()): any of {', '.join(UNLOCKABLE)}."})
+                f"disable_adapter()): any of {', '.join(UNLOCKABLE)}. 'last_block' is the last block the model "
+                "reads: the ViT's last, or on LLaVA the block of vision_feature_layer (-2 on LLaVA-1.5)."})
     target_modules: list[str] | str | None = field(default=None, metadata={
-        "help": "Filled in automatically: the ViT's embeddings module and its last block."})
+        "help": "Filled in automatically: the ViT's embeddings module and the last block the model reads."})
     target_parameters: list[str] | None = field(default=None, metadata={
         "help": "Unused by PH-Reg (PEFT requires the field)."})
     exclude_modules: list[str] | str | None = field(default=None, metadata={
@@ -47,6 +49,9 @@ class RegistersConfig(PeftConfig):
         "help": "Hidden size of the ViT (recorded automatically, checked on load)."})
     vision_layers: int | None = field(default=None, metadata={
         "help": "Number of ViT blocks (recorded automatically, checked on load)."})
+    feature_block: int | None = field(default=None, metadata={
+        "help": "Index of the block whose output the model reads: the last one, or on LLaVA the block of the "
+                "model's vision_feature_layer (recorded automatically, checked on load)."})
     num_views: int = field(default=10, metadata={
         "help": "Self-distillation: augmented views the frozen teacher sees per image (view 0 is the identity); the "
                 "target is their per-position average."})

@@ -8,7 +8,8 @@ features are mapped back to the original patch grid and averaged, per position, 
 the denoised target (no gradients; `TargetCache` keeps it on disk). Artifact tokens move with the view while content
 does not, so averaging suppresses them.
 
-Loss: (1 - mean cosine similarity) + mse_weight * MSE, on patch tokens only (prefix and register tokens excluded).
+Loss: (1 - mean cosine similarity) + mse_weight * MSE, on patch tokens only (prefix and register tokens excluded),
+of the layer the model reads (`patch_features`: the ViT's output, or LLaVA's `vision_feature_layer`).
 
 `Distiller` ties the pieces to one `RegistersConfig` (views, fill, mse_weight) and an optional on-disk cache; the
 method's objective (`objective.RegistersObjective`) and the `register_distill` task's evaluation both use it, so the
@@ -140,11 +141,17 @@ def patch_size_of(model: nn.Module, family: str) -> int:
 
 
 def patch_features(model: nn.Module, family: str, pixel_values: torch.Tensor) -> torch.Tensor:
-    """The ViT's output patch tokens as a (B, Hg, Wg, d) grid (prefix and register tokens excluded)."""
+    """The patch tokens the model reads from its ViT, as a (B, Hg, Wg, d) grid (prefix and register tokens
+    excluded): the ViT's output, or on LLaVA `hidden_states[vision_feature_layer]` (-2 on LLaVA-1.5)."""
     vision = _vision_module(model, family)
     patch = int(vision.config.patch_size)
     grid_h, grid_w = pixel_values.shape[-2] // patch, pixel_values.shape[-1] // patch
-    tokens = vision(pixel_values=pixel_values).last_hidden_state
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    layer = get_family(family).vision_feature_layer(base)
+    if layer is None:
+        tokens = vision(pixel_values=pixel_values).last_hidden_state
+    else:
+        tokens = vision(pixel_values=pixel_values, output_hidden_states=True).hidden_states[layer]
     return tokens[:, -grid_h * grid_w:].reshape(tokens.shape[0], grid_h, grid_w, tokens.shape[-1])
 
 

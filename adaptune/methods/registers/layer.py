@@ -5,8 +5,9 @@
   (`torch.func.functional_call`; the originals are never touched), then inserts R register tokens after the prefix
   tokens ([CLS] for CLIP / DINOv2, none for SigLIP). Registers get no positional embedding. Position does not matter
   otherwise: the blocks are permutation-equivariant, all positional information is added in the embeddings.
-- `RegisterBlockLayer` wraps the last block: runs it (with its trainable copy when unlocked) and drops the register
-  tokens from its output, so `last_hidden_state`, poolers and heads see the original shapes. Hidden states recorded
+- `RegisterBlockLayer` wraps the last block the model reads (the ViT's last; on LLaVA the block of its
+  `vision_feature_layer`): runs it (with its trainable copy when unlocked) and drops the register tokens from its
+  output, so `last_hidden_state`, poolers and heads see the original shapes. Hidden states recorded
   for `output_hidden_states` (LLaVA's feature layer, CLIPSeg's extract layers) have the registers removed too.
 
 With the adapter disabled both layers call the original module unchanged: outputs are exactly the base model's.
@@ -157,7 +158,7 @@ def _drop_from_recorded_hidden_states(length: int, num_prefix: int, num_register
 
 
 class RegisterBlockLayer(_RegisterLayerMixin, nn.Module):
-    """The ViT's last block, optionally with a trainable copy of its weights, that drops the register tokens."""
+    """The last block the model reads, optionally with a trainable copy of its weights, that drops the registers."""
 
     def __init__(self, base_layer: nn.Module, adapter_name: str, num_prefix: int, num_registers: int,
                  unlocked: list[str]) -> None:

@@ -2,8 +2,11 @@
 CLIP tower inside LLaVA).
 
 It finds the ViT under the family's vision path (its `embeddings` and the blocks of its `encoder`), wraps the
-embeddings and the last block (see `layer.py`), and records the family and ViT sizes in the config so that loading
-the adapter onto a different model fails with a message saying what differs.
+embeddings and the feature block (see `layer.py`): the block whose output the model reads, which is the last block
+except where the family reads an earlier layer (LLaVA-1.5: `vision_feature_layer=-2`, the second-to-last block; the
+blocks after it get no registers and are not trained, since nothing the VLM uses depends on them). It records the
+family, the ViT sizes and the feature block in the config so that loading the adapter onto a different model fails
+with a message saying what differs.
 
 Not supported, with a clear error: Qwen-VL (its vision tower packs all images into one sequence with variable-length
 attention boundaries and 2-D rotary positions per patch, so registers would need per-image insertion and cu_seqlens
@@ -43,9 +46,26 @@ def _unwrapped(module: nn.Module | None) -> nn.Module | None:
     return module.get_base_layer() if isinstance(module, BaseTunerLayer) else module
 
 
+def feature_block_index(num_blocks: int, layer: int | None) -> int:
+    """The block whose output is hidden state `layer` (an index into `hidden_states`, which holds the embeddings
+    then each block's output; None: the tower's output, i.e. the last block).
+
+    >>> feature_block_index(24, -2), feature_block_index(24, None), feature_block_index(24, 3)
+    (22, 23, 2)
+    """
+    if layer is None:
+        return num_blocks - 1
+    index = layer + num_blocks + 1 if layer < 0 else layer
+    if not 1 <= index <= num_blocks:
+        raise ValueError(f"the model reads vision hidden state {layer} of {num_blocks + 1} (the embeddings and "
+                         f"{num_blocks} blocks); PH-Reg needs it to be the output of a block")
+    return index - 1
+
+
 def find_vit(model: nn.Module, family: str) -> dict[str, Any]:
     """Paths and facts of the ViT inside `model` (seen through any tuner layers already wrapping it): embeddings,
-    last block, prefix tokens, sizes, and the names of the parameters `unlock` copies."""
+    the feature block (the block whose output the model reads: the last one, or on LLaVA the one of
+    `vision_feature_layer`), prefix tokens, sizes, and the names of the parameters `unlock` copies."""
     spec = get_family(family)
     root_path = spec.vision_path
     root = model.get_submodule(root_path) if root_path else model
@@ -55,20 +75,24 @@ def find_vit(model: nn.Module, family: str) -> dict[str, Any]:
                                                                                   nn.ModuleList)), None)
     if embeddings is None or blocks is None or len(blocks) == 0:
         raise ValueError(f"could not find a ViT (embeddings + encoder blocks) under {root_path or 'the model'!r}")
-    last_block = _unwrapped(blocks[-1])
+    feature_layer = spec.vision_feature_layer(model)
+    block_index = feature_block_index(len(blocks), feature_layer)
+    feature_block = _unwrapped(blocks[block_index])
     prefix = f"{root_path}." if root_path else ""
     blocks_name = "layers" if isinstance(getattr(encoder, "layers", None), nn.ModuleList) else "layer"
     conv = [n for n, m in embeddings.named_modules() if isinstance(m, nn.Conv2d)]
     return {
         "embeddings": f"{prefix}embeddings",
-        "last_block": f"{prefix}encoder.{blocks_name}.{len(blocks) - 1}",
+        "feature_block": f"{prefix}encoder.{blocks_name}.{block_index}",
+        "feature_block_index": block_index,
+        "feature_layer": feature_layer,
         "num_prefix": int(any(hasattr(embeddings, n) for n in ("class_embedding", "cls_token"))),
         "hidden_size": int(root.config.hidden_size),
         "layers": len(blocks),
         "patch_params": [n for n, _ in embeddings.named_parameters()
                          if any(n.startswith(f"{c}.") for c in conv)],
         "position_params": [n for n, _ in embeddings.named_parameters() if "position" in n],
-        "block_params": [n for n, _ in last_block.named_parameters()],
+        "block_params": [n for n, _ in feature_block.named_parameters()],
         "patch_size": int(getattr(root.config, "patch_size", 0) or 0),
     }
 
@@ -88,7 +112,8 @@ class RegistersModel(BaseTuner):
         if family not in SUPPORTED_FAMILIES:
             raise ValueError(f"PH-Reg registers support {', '.join(SUPPORTED_FAMILIES)}, not {family!r}")
         vit = find_vit(model, family)
-        found = {"base_family": family, "vision_hidden_size": vit["hidden_size"], "vision_layers": vit["layers"]}
+        found = {"base_family": family, "vision_hidden_size": vit["hidden_size"], "vision_layers": vit["layers"],
+                 "feature_block": vit["feature_block_index"]}
         recorded = {k: getattr(config, k) for k in found}
         differs = [f"{k} {recorded[k]} vs {found[k]}" for k in found
                    if recorded[k] is not None and recorded[k] != found[k]]
@@ -98,7 +123,7 @@ class RegistersModel(BaseTuner):
         for key, value in found.items():
             setattr(config, key, value)
         if config.target_modules is None:
-            config.target_modules = [vit["embeddings"], vit["last_block"]]
+            config.target_modules = [vit["embeddings"], vit["feature_block"]]
         self._vit = vit
 
     def inject_adapter(self, model: nn.Module, adapter_name: str, autocast_adapter_dtype: bool = True,
@@ -122,15 +147,15 @@ class RegistersModel(BaseTuner):
                 return
             layer = RegisterEmbeddingLayer(target, adapter_name, vit["num_prefix"], peft_config.num_registers,
                                            vit["hidden_size"], names, peft_config.init_std)
-        elif current_key == vit["last_block"]:
+        elif current_key == vit["feature_block"]:
             names = vit["block_params"] if "last_block" in unlock else []
             if isinstance(target, RegisterBlockLayer):
                 target.update_layer(adapter_name, peft_config.num_registers, names)
                 return
             layer = RegisterBlockLayer(target, adapter_name, vit["num_prefix"], peft_config.num_registers, names)
         else:
-            raise ValueError(f"PH-Reg only wraps the ViT embeddings and last block, not {current_key!r} (leave "
-                             "target_modules unset)")
+            raise ValueError(f"PH-Reg only wraps the ViT embeddings and the block whose output the model reads "
+                             f"({vit['feature_block']}), not {current_key!r} (leave target_modules unset)")
         self._replace_module(parent, target_name, layer, target)
 
     def set_adapter(self, adapter_name: str | list[str], inference_mode: bool = False) -> None:

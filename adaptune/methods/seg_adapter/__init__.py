@@ -27,7 +27,7 @@ from .model import SegAdapterModel, base_dims, check_base_model, default_target_
 
 
 def _test_config(family: str, model: Any) -> SegAdapterConfig:
-    return SegAdapterConfig(variant="dense", modality="VLC")
+    return SegAdapterConfig(variant="dense", modality="VLC", r=4)  # the tiny CLIPSeg is 32 wide; the default is 64
 
 
 INFO = register_method(

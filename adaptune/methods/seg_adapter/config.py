@@ -16,6 +16,8 @@ from .._peft_ext import add_peft_type
 
 METHOD_NAME = "seg_adapter"
 VARIANTS = ("dense", "shallow")
+DEFAULT_WIDTHS = {"dense": 64, "shallow": 512}
+"""The VLSM-Adapter paper's bottleneck widths, used when `r` is None."""
 MODALITIES = ("V", "VL", "VLC")
 
 
@@ -37,8 +39,9 @@ class SegAdapterConfig(PeftConfig):
     )
     r: int | None = field(
         default=None,
-        metadata={"help": "Bottleneck width. None: dense max(4, d // 8) (64 for d = 512), shallow d (512 for d = 512) "
-                          "where d is the hidden size the adapter reads, i.e. the paper's ratios scaled to the model."},
+        metadata={"help": "Bottleneck width of every adapter. None: the paper's fixed widths, dense 64 and shallow "
+                          "512 (whatever the model's width). A tiny model sets its own (the pre-trained tiny CLIPSeg's "
+                          "recipes: dense 8, shallow 64)."},
     )
     conditioning_r: int | None = field(
         default=None, metadata={"help": "Width of the VLC conditioning adapter; None = projection_dim // 2."},

@@ -20,7 +20,7 @@ from torch import nn
 
 from .._peft_ext import restore_base_module, roll_back_on_failure
 from .clipseg_forward import install_grad_forward, is_clipseg, uninstall_grad_forward
-from .config import SegAdapterConfig
+from .config import DEFAULT_WIDTHS, SegAdapterConfig
 from .layer import MERGE_ERROR, ConditioningAdapterLayer, InputAdapterLayer, OutputAdapterLayer, _AdapterLayerBase
 
 
@@ -119,9 +119,8 @@ class SegAdapterModel(BaseTuner):
         install_grad_forward(model)
 
     def _r(self, config: SegAdapterConfig, dim: int) -> int:
-        if config.r is not None:
-            return config.r
-        return max(4, dim // 8) if config.variant == "dense" else dim
+        """The bottleneck width: `config.r`, else the paper's fixed width of the variant (not scaled with `dim`)."""
+        return config.r if config.r is not None else DEFAULT_WIDTHS[config.variant]
 
     def _create_and_replace(self, peft_config: SegAdapterConfig, adapter_name: str, target: nn.Module,
                             target_name: str, parent: nn.Module, current_key: str, **_: Any) -> None:

@@ -11,6 +11,12 @@ half a body or talks nonsense. This client survives all of that and reports what
   `Retry-After` (seconds or an HTTP date) is honoured on 429/503, capped by `retry_after_max_s`;
 - identical items in a batch are judged once; parsed verdicts go to an on-disk SQLite cache (see cache.py);
 - a strict verdict parser (prompt.py): unparseable output is a failure, never a pass;
+- `verdict` says how the verdict is read: `generate` (the reply's `VERDICT:` line), `logprobs` (request
+  `logprobs`/`top_logprobs` and compare P(CORRECT) and P(INCORRECT) at the verdict token; vLLM and hosted APIs send
+  them) or `choice` (the reply is held to one verdict word by a `logit_bias` on its tokens, computed with the served
+  model's tokenizer from `tokenizer`; `transformers serve` and vLLM honour it, and it is what makes a small judge give
+  a verdict every time). A server that ignores `logprobs` (`transformers serve` does) is counted as
+  `logprobs_missing` and the reply's text decides, through the same strict parser;
 - the API key is read from the environment variable named by `api_key_env` at request time. It is never stored on
   the judge or config, never logged, never cached, so it cannot appear in repr/str or in the cache file.
 Transport: `httpx2` (a base dependency; huggingface_hub needs it too), fully asyncio - no thread pool, so nothing is
@@ -42,12 +48,14 @@ from adaptune.registry import JUDGES
 
 from .base import BaseJudge, JudgeItem, Verdict
 from .cache import VerdictCache, cache_key
-from .prompt import PROMPT_VERSION, build_messages, parse_verdict
+from .constrained import probability_from_top_logprobs, verdict_candidates, verdict_token_index
+from .prompt import PROMPT_VERSION, build_messages, parse_choice, parse_verdict
 
 logger = logging.getLogger(__name__)
 
 RETRY_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 RETRY_AFTER_STATUS = frozenset({429, 503})
+LOGIT_BIAS = 100.0  # the largest bias the OpenAI API accepts (a float: transformers serve refuses ints)
 
 
 @dataclass
@@ -70,17 +78,35 @@ class OpenAIJudgeConfig:
     prompt_version: str = field(default=PROMPT_VERSION, metadata={"help": "part of the cache key"})
     extra_body: dict[str, Any] = field(default_factory=dict, metadata={"help": "extra request fields"})
     trust_env: bool = field(default=True, metadata={"help": "honour http(s)_proxy / no_proxy variables"})
+    verdict: str = field(default="generate", metadata={
+        "help": "'generate': parse the VERDICT line; 'logprobs': P(CORRECT) at the verdict token from the server's "
+                "top_logprobs; 'choice': the reply is held to one verdict word by logit_bias (needs tokenizer)"})
+    top_logprobs: int = field(default=20, metadata={"help": "logprobs / choice: alternatives asked per token"})
+    soft_score: bool = field(default=False, metadata={
+        "help": "logprobs / choice: the score is P(CORRECT) in [0, 1] when the server sends logprobs"})
+    tokenizer: str | None = field(default=None, metadata={
+        "help": "choice: local folder (or hub id) of the served model's tokenizer, to find the verdict tokens"})
 
     def __post_init__(self) -> None:
         if self.concurrency < 1 or self.timeout_s <= 0 or self.max_retries < 0 or self.max_response_bytes < 1:
             raise ValueError("need concurrency >= 1, timeout_s > 0, max_retries >= 0 and max_response_bytes >= 1")
+        if self.verdict not in ("generate", "logprobs", "choice"):
+            raise ValueError(f"judge key verdict must be 'generate', 'logprobs' or 'choice', got {self.verdict!r}")
+        if self.verdict == "choice" and not self.tokenizer:
+            raise ValueError("judge key verdict: choice needs tokenizer: the served model's tokenizer folder")
+        if self.soft_score and self.verdict == "generate":
+            raise ValueError("judge key soft_score needs verdict: logprobs or choice (text has no probability)")
+        if not 1 <= self.top_logprobs <= 20:
+            raise ValueError(f"judge key top_logprobs must be in 1..20, got {self.top_logprobs}")
 
 
 class _Attempt:
     """Outcome of one HTTP attempt."""
 
-    def __init__(self, kind: str, status: int | None = None, text: str | None = None, retry_after: float | None = None):
+    def __init__(self, kind: str, status: int | None = None, text: str | None = None, retry_after: float | None = None,
+                 logprobs: Any = None):
         self.kind, self.status, self.text, self.retry_after = kind, status, text, retry_after
+        self.logprobs = logprobs
 
 
 def parse_retry_after(value: str | None) -> float | None:
@@ -118,6 +144,16 @@ class OpenAIJudge(BaseJudge):
         self.url = config.base_url.rstrip("/") + "/chat/completions"
         self.cache = VerdictCache(config.cache_path) if config.cache_path else None
         self._semaphores: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+        self._logit_bias: dict[str, float] = {}
+        self._choice_tokens = 0
+        if config.verdict == "choice":
+            from transformers import AutoTokenizer
+
+            tok = AutoTokenizer.from_pretrained(config.tokenizer)
+            cands = verdict_candidates(tok)
+            allowed = cands.all_token_ids | ({tok.eos_token_id} if tok.eos_token_id is not None else set())
+            self._logit_bias = {str(t): LOGIT_BIAS for t in sorted(allowed)}
+            self._choice_tokens = max(len(s) for s in cands.correct + cands.incorrect) + 1  # + end of turn
 
     def _semaphore(self) -> asyncio.Semaphore:
         loop = asyncio.get_running_loop()
@@ -127,7 +163,46 @@ class OpenAIJudge(BaseJudge):
 
     def _key(self, item: JudgeItem) -> str:
         cfg = self.config
-        return cache_key(cfg.model, cfg.prompt_version, item.question, item.references, item.answer)
+        version = cfg.prompt_version
+        if cfg.verdict != "generate":  # another way of reading the verdict is another cache entry
+            version += f"/{cfg.verdict}" + ("/soft" if cfg.soft_score else "")
+        return cache_key(cfg.model, version, item.question, item.references, item.answer)
+
+    def _body(self, item: JudgeItem) -> dict[str, Any]:
+        cfg = self.config
+        reply = "word" if cfg.verdict == "choice" else "line"
+        body: dict[str, Any] = {
+            "model": cfg.model,
+            "messages": build_messages(item.question, item.references, item.answer, reply=reply),
+            "max_tokens": cfg.max_tokens,
+            "temperature": cfg.temperature,
+            "stream": False,
+        }
+        if cfg.verdict != "generate":
+            body.update(logprobs=True, top_logprobs=cfg.top_logprobs)
+        if cfg.verdict == "choice":
+            body.update(logit_bias=self._logit_bias, max_tokens=self._choice_tokens)
+        return {**body, **cfg.extra_body}
+
+    def _decide(self, text: str | None, logprobs: Any) -> float | None:
+        """The score from a reply: the strict parser first (no verdict text, no verdict), then logprobs if asked."""
+        cfg = self.config
+        hard = parse_choice(text) if cfg.verdict == "choice" else parse_verdict(text)
+        if hard is None or cfg.verdict == "generate":
+            return hard
+        probability = self._probability(text or "", logprobs)
+        if probability is None:
+            self.counters["logprobs_missing"] += 1
+            return hard
+        return probability if cfg.soft_score else float(probability >= 0.5)
+
+    def _probability(self, text: str, logprobs: Any) -> float | None:
+        try:
+            entries = logprobs["content"]
+            index = verdict_token_index([e["token"] for e in entries], text, word_only=self.config.verdict == "choice")
+            return None if index is None else probability_from_top_logprobs(entries[index].get("top_logprobs") or [])
+        except (TypeError, KeyError, AttributeError, IndexError):  # absent or malformed: the text decides
+            return None
 
     async def score(self, items: list[JudgeItem]) -> list[Verdict]:
         keys = [self._key(item) for item in items]
@@ -158,15 +233,7 @@ class OpenAIJudge(BaseJudge):
 
     async def _judge_one(self, client: Any, key: str, item: JudgeItem) -> Verdict:
         cfg = self.config
-        body = {
-            "model": cfg.model,
-            "messages": build_messages(item.question, item.references, item.answer),
-            "max_tokens": cfg.max_tokens,
-            "temperature": cfg.temperature,
-            "stream": False,
-            **cfg.extra_body,
-        }
-        payload = json.dumps(body).encode("utf-8")
+        payload = json.dumps(self._body(item)).encode("utf-8")
         error = "no attempt made"
         for attempt in range(cfg.max_retries + 1):
             async with self._semaphore():
@@ -176,7 +243,7 @@ class OpenAIJudge(BaseJudge):
                 except asyncio.TimeoutError:
                     outcome = _Attempt("timeout")
             if outcome.kind == "ok":
-                score = parse_verdict(outcome.text)
+                score = self._decide(outcome.text, outcome.logprobs)
                 if score is None:
                     self.counters["parse_failures"] += 1
                     return Verdict(None, "judge output is not a verdict line", outcome.text)
@@ -231,12 +298,13 @@ class OpenAIJudge(BaseJudge):
         except (httpx2.HTTPError, OSError) as exc:  # transport and protocol errors alike
             return _Attempt("connection", text=type(exc).__name__)
         try:
-            content = json.loads(raw.decode("utf-8"))["choices"][0]["message"]["content"]
+            choice = json.loads(raw.decode("utf-8"))["choices"][0]
+            content = choice["message"]["content"]
         except (ValueError, KeyError, IndexError, TypeError, UnicodeDecodeError):
             return _Attempt("invalid")
         if not isinstance(content, str):
             return _Attempt("invalid")
-        return _Attempt("ok", 200, content)
+        return _Attempt("ok", 200, content, logprobs=choice.get("logprobs"))
 
     def close(self) -> None:
         if self.cache is not None:

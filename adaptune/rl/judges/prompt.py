@@ -63,8 +63,22 @@ def quote_block(label: str, text: str) -> str:
     return "\n".join([f"BEGIN {label}", *(f"| {line}" for line in lines), f"END {label}"])
 
 
-def build_user_prompt(question: str, references: Sequence[str], answer: str) -> str:
-    """The user message of the judge conversation."""
+_WORD_FORMAT = """\
+Reply with exactly one word, CORRECT or INCORRECT, and nothing else."""
+
+VERDICT_WORDS = ("CORRECT", "INCORRECT")
+VERDICT_PREFIX = "VERDICT:"  # what a constrained judge forces before scoring the verdict word
+
+
+def build_user_prompt(question: str, references: Sequence[str], answer: str, reply: str = "line") -> str:
+    """The user message of the judge conversation.
+
+    `reply="line"` asks for reasoning and a final `VERDICT:` line (free generation, the strict parser, and the
+    forced-prefix scoring of the `hf` judge); `reply="word"` asks for the bare verdict word (the `openai` judge's
+    `verdict: choice`, where the server may only emit that word). The quoting of the data is the same in both.
+    """
+    if reply not in ("line", "word"):
+        raise ValueError(f"reply must be 'line' or 'word', got {reply!r}")
     refs = list(references)
     reference_text = refs[0] if len(refs) == 1 else "\n".join(f"({i}) {r}" for i, r in enumerate(refs, 1))
     return "\n\n".join(
@@ -73,17 +87,33 @@ def build_user_prompt(question: str, references: Sequence[str], answer: str) -> 
             quote_block("QUESTION", question),
             quote_block("REFERENCE ANSWER", reference_text),
             quote_block("CANDIDATE ANSWER", answer),
-            _FORMAT,
+            _FORMAT if reply == "line" else _WORD_FORMAT,
         ]
     )
 
 
-def build_messages(question: str, references: Sequence[str], answer: str) -> list[dict[str, str]]:
+def build_messages(question: str, references: Sequence[str], answer: str, reply: str = "line") -> list[dict[str, str]]:
     """Chat messages (system + user) for an OpenAI-compatible endpoint or a chat template."""
     return [
         {"role": "system", "content": SYSTEM_PROMPT},
-        {"role": "user", "content": build_user_prompt(question, references, answer)},
+        {"role": "user", "content": build_user_prompt(question, references, answer, reply)},
     ]
+
+
+def parse_choice(text: str | None) -> float | None:
+    """1.0 / 0.0 when the whole reply is exactly one verdict word (or one exact verdict line), else None.
+
+    For replies constrained to the verdict words; anything else is a parse failure, as in `parse_verdict`.
+
+    >>> parse_choice(" INCORRECT"), parse_choice("CORRECT CORRECT"), parse_choice("correct")
+    (0.0, None, None)
+    """
+    if not isinstance(text, str):
+        return None
+    word = text.strip()
+    if word in VERDICT_WORDS:
+        return 1.0 if word == "CORRECT" else 0.0
+    return parse_verdict(text)
 
 
 def parse_verdict(text: str | None) -> float | None:
