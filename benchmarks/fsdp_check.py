@@ -6,8 +6,14 @@ For two tiny Qwen3-VL recipes of tests/test_scale_out.py (lora, flex_projector o
 a step): one plain process, then `accelerate launch --config_file recipes/accelerate/fsdp.yaml --num_processes
 <GPUs> --mixed_precision no` (FSDP 2: parameters sharded with fully_shard, the adapter gathered through
 `accelerator.get_state_dict` when saved, evaluation on every rank), through tests/multiproc_run.py, which records
-each rank's world size, steps and writes. Writes fsdp_check.json: per recipe, the largest difference between the two
-adapters, and the ranks' records. accelerate runs an FSDP config with use_cpu as plain DDP, so this needs GPUs.
+each rank's world size, steps, writes and how the trainer distributed the model (`distributed_type`, `sharded`,
+`dtensors`). Writes fsdp_check.json: per recipe, the largest difference between the two adapters, and the ranks'
+records. `bash benchmarks/gpu.sh fsdp` runs it. accelerate runs an FSDP config on CPU as plain DDP, so this needs
+GPUs; on CPU, tests/test_scale_out.py runs accelerate's FSDP 2 code on 2 processes through the helper's --cpu-fsdp.
+
+What it confirms on a GPU: the adapter save under FSDP 2 (the H200 run of 2026-11-29 failed with "Attempted to access
+the data pointer on an invalid python storage": with ONE process the gather was skipped and PEFT read the module's
+DTensor parameters; reproduced and fixed on CPU, see docs/scaling.md) and evaluation under FSDP (`gathered`).
 """
 
 from __future__ import annotations
@@ -43,7 +49,8 @@ def main() -> int:
         print("fsdp_check needs CUDA")
         return 2
     work = Path(tempfile.mkdtemp(prefix="adaptune-fsdp-"))
-    # Qwen3-VL recipes: accelerate's FSDP 2 preparation calls get_input_embeddings, which CLIPModel does not have
+    # Qwen3-VL recipes. The CLIP ones (mask_tuning, registers) get past get_input_embeddings now, then stop at
+    # CLIPModel's scalar `logit_scale`, which fully_shard refuses (docs/scaling.md)
     methods = ("lora", "flex_projector")
     per_rank = 8 // gpus if 8 % gpus == 0 else 8
     sharded = {m: p for m, p in _recipes(work, Path("glyphqa"), batch_size=per_rank, tag="fsdp").items()
@@ -77,11 +84,13 @@ def main() -> int:
             entry["ranks"] = [json.loads((spy / f"{method}-fsdp.rank{r}.json").read_text()) for r in range(gpus)]
             for r in entry["ranks"]:
                 r["writes"] = len(r["writes"])
+            entry["sharded"] = all(r.get("sharded") for r in entry["ranks"])
             entry["eval"] = json.loads((work / "runs" / f"{method}-fsdp" / "eval.json").read_text())
         except Exception as exc:  # noqa: BLE001
             entry["error"] = f"{type(exc).__name__}: {exc}"
         result["recipes"][method] = entry
-        print(method, {k: v for k, v in entry.items() if k in ("same_keys", "max_abs_diff", "error")}, flush=True)
+        print(method, {k: v for k, v in entry.items() if k in ("same_keys", "max_abs_diff", "sharded", "error")},
+              flush=True)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "fsdp_check.json").write_text(json.dumps(result, indent=2, default=str) + "\n")

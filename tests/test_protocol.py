@@ -38,9 +38,15 @@ RESIZE = ToolCall("resize_image", {"action": "resize"})
 # ------------------------------------------------------------------------------------------------- answers.py
 
 
+def test_turn_defaults():
+    t = AssistantTurn("t", "b")
+    assert t.tool_calls == [] and t.calls_at_end is True
+    assert AssistantTurn("t", "b").tool_calls is not t.tool_calls
+
+
 def test_content_parts_join_only_text_parts():
     assert parse_turn(None).body == ""
-    parts = [{"type": "text", "text": "a"}, {"type": "image"}, {"text": "b"}, "loose string",
+    parts = [{"type": "text", "text": "a"}, {"type": "image", "text": "IMG"}, {"text": "b"}, "loose string",
              {"type": "text", "text": 5}, {"type": "text"}, {"type": "text", "text": "c"}]
     assert parse_turn(parts).body == "abc"  # a part without "type" is text; non-str text dropped; no separator
     assert parse_turn(42).body == "42"
@@ -187,7 +193,8 @@ def test_protocol_texts_and_messages():
     assert P.direct_prefix("t") == "<think>t</think><answer>"
     assert P.direct_answer("t", "a") == "<think>t</think><answer>a</answer>"
     assert P.tool_turn("t") == "<think>t</think>\n" + P.tool_call_text()
-    assert P.tool_call() == {"type": "function", "function": {"name": "resize_image", "arguments": {"action": "resize"}}}
+    assert P.tool_call() == {"type": "function",
+                             "function": {"name": "resize_image", "arguments": {"action": "resize"}}}
     assert P.tool_call_message() == {"role": "assistant", "content": f"<think>{P.RESIZE_THOUGHT}</think>",
                                      "tool_calls": [P.tool_call()]}
     assert P.tool_call_message(None, "b") == {"role": "assistant", "content": "b", "tool_calls": [P.tool_call()]}

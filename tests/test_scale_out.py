@@ -151,6 +151,108 @@ def test_forward_through_ddp_gives_the_peft_model_inside_the_wrapper_forward(tmp
         dist.destroy_process_group()
 
 
+# ----------------------------------------------------------------------------------------------- sharded saves
+
+
+class _Gather:
+    """The trainer's accelerator as `RunLifecycle.save_adapter` sees it, with ONE process (the H200 check's case)."""
+
+    num_processes = 1
+
+    def __init__(self, how: str) -> None:
+        self.how = how
+
+    def get_state_dict(self, model):
+        if self.how == "module":  # what a gather that does not know FSDP 2 hands back: the DTensor parameters
+            return model.state_dict()
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        # accelerate's FSDP 2 branch of Accelerator.get_state_dict
+        return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True,
+                                                                    cpu_offload=True))
+
+
+@pytest.mark.parametrize("how", ["get_model_state_dict", "module"])
+def test_an_fsdp2_sharded_adapter_is_gathered_before_it_is_saved(tmp_path, how):
+    """FSDP 2 (fully_shard, a 1-process gloo group) turns the parameters into DTensors. PEFT's save of those fails
+    as it did on the H200 ("Attempted to access the data pointer on an invalid python storage": a DTensor has no
+    storage PEFT can read; its clone is a DTensor again), adaptune's save refuses them by name, and
+    `RunLifecycle.save_adapter` gathers a sharded model whatever the world size (the H200 ran ONE process, where the
+    gather used to be skipped) into plain CPU tensors: the saved adapter equals the weights before sharding."""
+    from types import SimpleNamespace
+
+    import torch.distributed as dist
+    from peft import LoraConfig, get_peft_model, get_peft_model_state_dict
+    from safetensors.torch import load_file
+    from torch.distributed.fsdp import fully_shard
+
+    from adaptune.adapters import AdapterSaveError, save_adapter
+    from adaptune.models import build_tiny
+    from adaptune.train.lifecycle import RunLifecycle, is_sharded
+
+    store = dist.FileStore(str(tmp_path / "store"), 1)
+    dist.init_process_group("gloo", store=store, rank=0, world_size=1)
+    try:
+        base, _ = build_tiny("qwen3_vl", seed=0)
+        model = get_peft_model(base, LoraConfig(r=2, target_modules=["q_proj", "v_proj"]))
+        with torch.no_grad():  # a trained-looking adapter (LoRA's B starts at zero)
+            for name, param in model.named_parameters():
+                if "lora_B" in name:
+                    param.normal_()
+        expected = {k: v.detach().clone() for k, v in get_peft_model_state_dict(model).items()}
+        for layer in base.model.language_model.layers:
+            fully_shard(layer)
+        fully_shard(model)
+        assert is_sharded(model)
+
+        with pytest.raises(RuntimeError, match="invalid python storage"):
+            model.save_pretrained(tmp_path / "peft")
+        with pytest.raises(AdapterSaveError, match=r"\.weight is a sharded tensor"):
+            save_adapter(model, tmp_path / "refused")
+        assert not (tmp_path / "refused").exists()
+
+        trainer = SimpleNamespace(accelerator=_Gather(how), model=model, model_wrapped=model)
+        state = SimpleNamespace(is_main_process=True, wait_for_everyone=lambda: None)
+        life = RunLifecycle(SimpleNamespace(model=SimpleNamespace(source="tiny:qwen3_vl")), tmp_path / "run", state)
+        life.save_adapter(trainer)
+        saved = load_file(tmp_path / "run" / "adapter" / "adapter_model.safetensors")
+        assert saved.keys() == expected.keys() and saved
+        for key, value in expected.items():
+            torch.testing.assert_close(saved[key], value, rtol=0, atol=0, msg=key)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_clip_exposes_its_text_embeddings_to_fsdp_preparation():
+    """accelerate's FSDP 2 preparation calls `get_input_embeddings()`, which CLIPModel and CLIPSeg do not implement
+    (NotImplementedError: what stopped the CLIP recipes on the H200). adaptune's builders and loader give them the
+    text tower's embeddings block: in the class's `_no_split_modules`, so transformer-based wrapping shards it as a
+    group of its own and accelerate does not shard it (or the token embedding inside it) a second time."""
+    import copy
+
+    from peft import LoraConfig, get_peft_model
+    from transformers import CLIPModel
+
+    from adaptune.models import build_tiny, get_family
+
+    for family, path in (("clip", "text_model.embeddings"), ("clipseg", "clip.text_model.embeddings")):
+        model, _ = build_tiny(family, seed=0)
+        embeddings = model.get_submodule(path)
+        assert model.get_input_embeddings() is embeddings
+        assert type(embeddings).__name__ in model._no_split_modules
+        assert not any("get_input_embeddings" in k for k in model.state_dict())
+        twin = copy.deepcopy(model)
+        assert twin.get_input_embeddings() is twin.get_submodule(path)
+        peft = get_peft_model(model, LoraConfig(r=2, target_modules=["q_proj"]))
+        assert peft.get_input_embeddings() is embeddings
+    plain = CLIPModel(build_tiny("clip", seed=0)[0].config)
+    with pytest.raises(NotImplementedError):  # transformers itself still does not say: the fix is adaptune's
+        plain.get_input_embeddings()
+    siglip, _ = build_tiny("siglip", seed=0)  # a class that answers is left alone
+    assert get_family("siglip").input_embeddings_path is None
+    assert siglip.get_input_embeddings() is siglip.text_model.embeddings.token_embedding
+
+
 # ----------------------------------------------------------------------------------------------- two processes
 
 
@@ -239,7 +341,7 @@ def test_every_adapter_method_trains_on_two_processes(tmp_path, vqa_dataset_dir)
 
 # ----------------------------------------------------------------------------------------------- FSDP 2 on CPU
 
-# what a rank other than 0 writes into a run directory under FSDP with SHARDED_STATE_DICT (recipes/accelerate/fsdp.yaml):
+# what a rank other than 0 writes in a run directory under FSDP with SHARDED_STATE_DICT (recipes/accelerate/fsdp.yaml):
 # besides the RNG state, its own shard of the model and optimizer state in the checkpoint (resuming needs them)
 NON_MAIN_ALLOWED_FSDP = re.compile(
     r"^(os\.mkdir .*/checkpoints(/checkpoint-\d+(/(pytorch_model_fsdp|optimizer)_0)?)?"
@@ -297,3 +399,25 @@ def test_fsdp2_on_two_cpu_processes_saves_the_ddp_adapter(tmp_path, vqa_dataset_
         evals = {t: figures(run[t] / "metrics.jsonl") for t in ("fsdp", "ddp")}
         assert [e["step"] for e in evals["fsdp"]] == [1, 2, 2]  # mid-run at steps 1 and 2, then the final record
         assert evals["fsdp"] == evals["ddp"], method
+
+
+def test_a_method_that_does_not_train_sharded_is_refused_under_fsdp(tmp_path, vqa_dataset_dir):
+    """mask tuning and registers failed or trained wrong under accelerate's FSDP 2 (docs/scaling.md): a run whose
+    trainer shards the model is refused before the first step, naming the recipe key; LoRA passes, and so does any
+    method when the trainer does not shard."""
+    from types import SimpleNamespace
+
+    from adaptune.config import RecipeError, load_recipe
+    from adaptune.registry import METHODS
+    from adaptune.train.runner import check_sharding
+
+    recipes = _recipes(tmp_path, vqa_dataset_dir, batch_size=2, tag="x")
+    sharded, replicated = SimpleNamespace(is_fsdp_enabled=True), SimpleNamespace(is_fsdp_enabled=False)
+    for method in ("mask_tuning", "registers"):
+        assert METHODS.get(method).fsdp is False
+        recipe = load_recipe(recipes[method])
+        with pytest.raises(RecipeError, match=rf"{method}-x\.yaml: adapter\.method: '{method}' does not train"):
+            check_sharding(recipe, sharded)
+        check_sharding(recipe, replicated)
+    for method in ("lora", "flex_projector"):  # shown on CPU by test_fsdp2_on_two_cpu_processes_saves_the_ddp_adapter
+        check_sharding(load_recipe(recipes[method]), sharded)

@@ -11,6 +11,7 @@ Survivors that cannot be killed (equivalent mutants) are recorded with the reaso
     python tools/mutate.py                 # every core module (long: an hour or more on 2 cores)
     python tools/mutate.py rewards grid    # a few
     python tools/mutate.py --list          # the modules and their test files
+    python tools/mutate.py --survivors env # after adding tests: rerun only env's survivors (minutes, not tens)
 """
 from __future__ import annotations
 
@@ -37,20 +38,27 @@ RUNDIR_HARDENING = [f"tests/test_hardening.py::{name}" for name in (
     "test_pid_lock_fallback_refuses_a_live_pid_and_takes_over_a_dead_one",
     "test_run_killed_before_its_first_checkpoint_is_not_reused_silently", "test_output_dir_that_is_a_file_is_refused")]
 
-# name -> (module file, the test files that exercise it). Keep the test lists short: mutmut runs, per mutant, only
-# the tests (of these files) that reached the mutated function.
+# mutmut adds its copies of a class's methods to the class under public names (`xǁResolutionEnvǁreset__mutmut_1`):
+# the test that TRL sees exactly the environment's two public methods cannot pass under mutmut, so it is left out
+# of the modules whose classes it inspects (it guards the class's method names, not code that mutmut mutates).
+NO_PUBLIC_METHODS_TEST = "--deselect=tests/test_env.py::test_trl_sees_exactly_one_tool_with_the_protocol_schema"
+
+# name -> (module file, the test files that exercise it; arguments starting with "-" go to pytest as they are).
+# Keep the test lists short: mutmut runs, per mutant, only the tests (of these files) that reached the mutated function.
 CORE: dict[str, tuple[str, list[str]]] = {
     "rewards": ("adaptune/rl/rewards.py", ["tests/test_rewards.py", "tests/test_boundaries.py", *(
         f"tests/test_dropped_groups.py::{name}" for name in (  # not its GRPO run: minutes per mutant
             "test_reward_aborts_when_every_group_is_dropped", "test_guard_threshold_window_and_off_switch"))]),
-    "judges.base": ("adaptune/rl/judges/base.py", ["tests/test_judges.py", "tests/test_boundaries.py"]),
+    "judges.base": ("adaptune/rl/judges/base.py", ["tests/test_judge_base.py", "tests/test_judges.py",
+                                                   "tests/test_boundaries.py"]),
     "judges.rule": ("adaptune/rl/judges/rule.py", ["tests/test_judges.py", "tests/test_boundaries.py"]),
     "judges.prompt": ("adaptune/rl/judges/prompt.py", ["tests/test_judges.py", "tests/test_boundaries.py"]),
     "judges.init": ("adaptune/rl/judges/__init__.py", ["tests/test_judges.py", "tests/test_boundaries.py"]),
-    "env": ("adaptune/rl/env.py", ["tests/test_env.py", "tests/test_boundaries.py"]),
+    "env": ("adaptune/rl/env.py", ["tests/test_env_units.py", "tests/test_env.py", "tests/test_boundaries.py",
+                                   NO_PUBLIC_METHODS_TEST]),
     "protocol": ("adaptune/budget/protocol.py", ["tests/test_protocol.py", "tests/test_rewards.py",
                                                  "tests/test_env.py", "tests/test_inference.py",
-                                                 "tests/test_boundaries.py"]),
+                                                 "tests/test_boundaries.py", NO_PUBLIC_METHODS_TEST]),
     "resolution": ("adaptune/budget/resolution.py", ["tests/test_resolution.py", "tests/test_env.py",
                                                      "tests/test_inference.py", "tests/test_boundaries.py"]),
     "answers": ("adaptune/budget/answers.py", ["tests/test_protocol.py", "tests/test_rewards.py",
@@ -69,15 +77,18 @@ CORE: dict[str, tuple[str, list[str]]] = {
                                                                    "tests/test_identity.py"]),
     "flex_projector.layer": ("adaptune/methods/flex_projector/layer.py", ["tests/test_flex_projector.py",
                                                                          "tests/test_identity.py"]),
-    "validate": ("adaptune/data/validate.py", ["tests/test_bad_inputs.py", "tests/test_image_paths.py",
-                                               "tests/test_boundaries.py"]),
-    "config": ("adaptune/config.py", ["tests/test_recipes.py", "tests/test_hardening.py"]),
+    "validate": ("adaptune/data/validate.py", ["tests/test_validate.py", "tests/test_bad_inputs.py",
+                                               "tests/test_image_paths.py", "tests/test_boundaries.py"]),
+    # not all of test_hardening.py: most of it trains tiny runs (minutes per mutant)
+    "config": ("adaptune/config.py", [
+        "tests/test_recipe_values.py", "tests/test_recipes.py", *RUNDIR_HARDENING,
+        "tests/test_hardening.py::test_training_values_are_checked_before_the_run_folder"]),
     "glyphqa": ("adaptune/data/glyphqa.py", ["tests/test_glyphqa.py", "tests/test_boundaries.py"]),
 }
 
 
 def _config(module: str, tests: list[str]) -> str:
-    test_args = ", ".join(json.dumps(t) for t in tests if (ROOT / t.split("::")[0]).exists())
+    test_args = ", ".join(json.dumps(t) for t in tests if t.startswith("-") or (ROOT / t.split("::")[0]).exists())
     return "\n".join([
         "[tool.mutmut]",
         'source_paths = ["adaptune"]',
@@ -120,20 +131,79 @@ def run_one(name: str, mutmut: str, jobs: int) -> dict:
     results = subprocess.run([mutmut, "results", "--all", "true"], cwd=work, env=env, capture_output=True,
                              text=True, check=False).stdout
     counts: dict[str, int] = {}
-    survivors = []
+    survivors = {}
     for line in results.splitlines():
         if ":" not in line:
             continue
         key, status = (part.strip() for part in line.rsplit(":", 1))
         counts[status] = counts.get(status, 0) + 1
         if status in ("survived", "no tests"):
-            survivors.append(key)
+            survivors[key] = status
     (work / "survivors.txt").write_text("".join(s + "\n" for s in survivors))
+    (work / "survivors.json").write_text(json.dumps(survivors, indent=1))
+    (work / "source.py").write_bytes((ROOT / module).read_bytes())  # what the names refer to (for --survivors)
+    if not any(counts.get(k) for k in ("killed", "timeout", "survived", "no tests")):
+        # e.g. "failed to collect stats": the selected tests fail on the unmutated code (or under mutmut)
+        lines = (work / "mutmut.log").read_text(errors="replace").replace("\r", "\n").splitlines()
+        error = next((x.strip() for x in reversed(lines) if "fail" in x.lower()), "mutmut produced no results")
+        return _score(module, tests, counts, t0, error=f"{error} (see {work / 'mutmut.log'})")
+    return _score(module, tests, counts, t0)
+
+
+def _score(module: str, tests: list[str], counts: dict[str, int], t0: float, **extra: object) -> dict:
     killed = counts.get("killed", 0) + counts.get("timeout", 0)
     survived = counts.get("survived", 0) + counts.get("no tests", 0)  # a mutant no test reaches is not killed
     scored = killed + survived
     return {"module": module, "tests": tests, "counts": counts, "killed": killed, "survived": survived,
-            "score": round(killed / scored, 4) if scored else None, "seconds": round(time.time() - t0)}
+            "score": round(killed / scored, 4) if scored else None, "seconds": round(time.time() - t0), **extra}
+
+
+def rerun_survivors(name: str, mutmut: str, jobs: int, previous: dict) -> dict:
+    """Run only the last run's survivors again, against the current tests and test list (after adding tests).
+
+    Sound because adding tests never revives a killed mutant; refused when the module's code changed since that
+    run (the mutant names would point at other edits): then run the module in full."""
+    module, tests = CORE[name]
+    work = OUT / name
+    if not (work / "survivors.txt").exists() or not (work / "source.py").exists():
+        raise SystemExit(f"{name}: no previous run to continue from; run it in full first (without --survivors)")
+    if (work / "source.py").read_bytes() != (ROOT / module).read_bytes():
+        raise SystemExit(f"{name}: {module} changed since its last run; run it in full (without --survivors)")
+    names = (work / "survivors.txt").read_text().split()
+    t0 = time.time()
+    if not names:
+        return dict(previous, seconds=0)
+    for extra in ("tests", *ALSO_COPY):  # the new tests (mutmut copies them into mutants/ itself)
+        shutil.rmtree(work / extra, ignore_errors=True)
+        shutil.rmtree(work / "mutants" / extra, ignore_errors=True)
+        if (ROOT / extra).is_dir():
+            shutil.copytree(ROOT / extra, work / extra, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    (work / "pyproject.toml").write_text(_pytest_section() + "\n" + _config(module, tests))
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1")
+    env.pop("PYTHONPATH", None)
+    with (work / "mutmut-survivors.log").open("w") as log:
+        subprocess.run([mutmut, "run", "--max-children", str(jobs), *names], cwd=work, env=env, stdout=log,
+                       stderr=subprocess.STDOUT, check=False)
+    results = subprocess.run([mutmut, "results", "--all", "true"], cwd=work, env=env, capture_output=True,
+                             text=True, check=False).stdout
+    status = {}
+    for line in results.splitlines():
+        if ":" in line:
+            key, value = (part.strip() for part in line.rsplit(":", 1))
+            status[key] = value
+    was = json.loads((work / "survivors.json").read_text()) if (work / "survivors.json").exists() else {}
+    counts = dict(previous["counts"])
+    left = {}
+    for key in names:
+        new = status.get(key, "not checked")
+        if new in ("killed", "timeout"):  # move it from the survivor status it had to the killed one
+            counts[was.get(key, "survived")] -= 1
+            counts[new] = counts.get(new, 0) + 1
+        else:
+            left[key] = was.get(key, "survived") if new == "not checked" else new
+    (work / "survivors.txt").write_text("".join(s + "\n" for s in left))
+    (work / "survivors.json").write_text(json.dumps(left, indent=1))
+    return _score(module, tests, counts, t0, before=previous.get("before", previous["score"]))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -142,6 +212,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--list", action="store_true")
     parser.add_argument("--min-score", type=float, default=0.85)
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="mutants run in parallel")
+    parser.add_argument("--survivors", action="store_true",
+                        help="rerun only the survivors of each module's last run, with the current tests (after "
+                             "adding tests; the score then also records the previous run's as `before`)")
     args = parser.parse_args(argv)
     if args.list:
         for name, (module, tests) in CORE.items():
@@ -159,15 +232,21 @@ def main(argv: list[str] | None = None) -> int:
     scores = json.loads(scores_path.read_text()) if scores_path.exists() else {}
     for name in args.names or list(CORE):
         print(f"mutating {name} ({CORE[name][0]}) ...", flush=True)
-        scores[name] = run_one(name, mutmut, args.jobs)
+        if args.survivors and name in scores:
+            scores[name] = rerun_survivors(name, mutmut, args.jobs, scores[name])
+        else:
+            scores[name] = run_one(name, mutmut, args.jobs)
         scores_path.write_text(json.dumps(scores, indent=1, sort_keys=True))
         s = scores[name]
+        if s.get("error"):
+            print(f"  FAILED: {s['error']}", flush=True)
         print(f"  {s['killed']} killed, {s['survived']} survived, score {s['score']}, {s['seconds']} s "
               f"(survivors: {OUT / name / 'survivors.txt'})", flush=True)
-    print(f"\n{'module':22s} {'killed':>6s} {'survived':>8s} {'score':>6s}")
+    print(f"\n{'module':22s} {'killed':>6s} {'survived':>8s} {'score':>6s} {'before':>6s}")
     low = []
     for name, s in sorted(scores.items()):
-        print(f"{name:22s} {s['killed']:6d} {s['survived']:8d} {s['score'] if s['score'] is not None else '-':>6}")
+        print(f"{name:22s} {s['killed']:6d} {s['survived']:8d} {s['score'] if s['score'] is not None else '-':>6} "
+              f"{s.get('before', ''):>6}")
         if s["score"] is not None and s["score"] < args.min_score:
             low.append(name)
     print(f"\nscores: {scores_path}")

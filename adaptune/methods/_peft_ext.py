@@ -59,6 +59,9 @@ class MethodInfo:
     objective: type[MethodObjective] | None = None
     """What the method adds to training on every task (extra loss terms, gradient surgery, batch hooks); None: the
     task's loss as is. Built per run from the adapter's config by `adaptune.train.objectives`."""
+    fsdp: bool = True
+    """Whether the method may train with its model sharded by FSDP. False: such a run is refused before the first
+    step (docs/scaling.md says what failed: on 2 CPU processes under accelerate's own FSDP 2 code)."""
 
 
 def register_method(info: MethodInfo, prefix: str | None = None) -> MethodInfo:

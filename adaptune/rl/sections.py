@@ -55,15 +55,16 @@ class EvalParams:
     dataset: Any = None
     """A dataset spec like `grpo.data.dataset` (docs/datasets.md); default: `grpo.data.dataset`. Set it when
     training on a labelled folder (`label-resolution` output): those rows are training data, and their kind mix is
-    the labels', not the eval mix. The oracle row needs a `kind` column (fine / coarse, or a boolean: true = needs
-    the full image, e.g. VisionThink's `info.use_tool`)."""
+    the labels', not the eval mix. A `kind` column (fine / coarse, or a boolean: true = needs the full image, e.g.
+    VisionThink's `info.use_tool`) adds per-kind rows; GlyphQA's `digit_size` adds the small / large digit split."""
     num_images: int = 200
     fine_fraction: float = 0.3
     """GlyphQA: share of fine questions in the held-out mix."""
     split: str = "test"
     methods: list[str] = field(default_factory=lambda: ["policy", "low", "full", "resize_all", "oracle", "before_rl"])
     """Any of policy (the trained two-turn loop), low / full (always that resolution in the first turn), resize_all
-    (the tool path on every question), oracle (resizes exactly on fine questions; needs a `kind` column), before_rl
+    (the tool path on every question), oracle (per question, the cheaper of low and resize_all whose greedy answer
+    is right; computed from those two runs), before_rl
     (the two-turn loop with the adapter disabled)."""
     max_new_tokens: int | None = None
     """Per turn; default grpo.env.turn_tokens."""

@@ -11,6 +11,7 @@ metrics, COMPLETE checkpoints and `resume=true`, adapter, eval.json, report, DON
 from __future__ import annotations
 
 import logging
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ from transformers import Trainer
 
 from ..config import Recipe, RecipeError, check_recipe_values, validate_params
 from ..models import ChatTemplateError, LoadedModel, load_model
-from ..registry import RUN_KINDS, TASKS
+from ..registry import METHODS, RUN_KINDS, TASKS
 from ..tasks.base import Task
 from .convert import to_peft_config, to_training_arguments
 from .lifecycle import RunCallback, RunLifecycle, gathered, is_sharded
@@ -106,6 +107,15 @@ class TaskTrainer(Trainer):
         super().log(logs, *args, **kwargs)
 
 
+def check_sharding(recipe: Recipe, trainer: Any) -> None:
+    """Refuse, on every rank and before the first step, a method that does not train under FSDP when the trainer's
+    accelerator will shard the model (`MethodInfo.fsdp`)."""
+    method = recipe.adapter.method
+    if getattr(trainer, "is_fsdp_enabled", False) and method in METHODS and not METHODS.get(method).fsdp:
+        raise RecipeError(f"{recipe.source_file}: adapter.method: {method!r} does not train with its model sharded "
+                          f"by FSDP (docs/scaling.md); launch it with DDP (recipes/accelerate/ddp.yaml) or one process")
+
+
 def run_adapter_recipe(recipe: Recipe) -> Path:
     """Run a `kind: adapter` recipe end to end and return its run directory."""
     from .reduction import apply_budget_section, check_budget_section
@@ -125,6 +135,7 @@ def run_adapter_recipe(recipe: Recipe) -> Path:
             task=task, model=model, args=to_training_arguments(recipe, life.checkpoints),
             train_dataset=task.datasets()["train"], data_collator=task.collate,
         )
+        check_sharding(recipe, trainer)
         life.attach(trainer, evaluate=lambda m: task.evaluate(m, "validation", recipe.training.eval_limit),
                     eval_steps=recipe.training.eval_steps)
         train_seconds = life.train(trainer).seconds
@@ -137,6 +148,11 @@ def run_adapter_recipe(recipe: Recipe) -> Path:
     with gathered(trainer.model_wrapped if sharded else None):  # every rank, when the weights are sharded
         metrics = task.evaluate(model, split, recipe.training.eval_limit) if split in task.datasets() else {}
         sections = report_extra(model, life.run_dir) if report_extra and life.is_main_process else []
+        if report_extra and sharded and not life.is_main_process:
+            # the sections' forward passes are collectives when the weights are sharded (the main process alone
+            # would wait forever): the other ranks run them too, drawing into a folder that is not kept
+            with tempfile.TemporaryDirectory() as scratch:
+                report_extra(model, Path(scratch))
     if not life.is_main_process:
         return life.run_dir
     summary = {"method": recipe.adapter.method, "task": recipe.task.name, "family": loaded.family.name,

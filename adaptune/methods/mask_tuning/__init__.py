@@ -48,6 +48,7 @@ INFO = register_method(
     MethodInfo(
         name=METHOD_NAME, config_cls=MaskTuningConfig, model_cls=MaskTuningModel, families=FAMILIES,
         test_config=_test_config, mergeable=True, objective=MaskTuningObjective,
+        fsdp=False,  # its state-dict hook fails on the meta tensors of FSDP 2 preparation (docs/scaling.md)
         description="R-AMT: learned binary masks over frozen vision weights (straight-through scores, gradient "
                     "dropout); merges into the weights",
     ),

@@ -30,6 +30,7 @@ INFO = register_method(
         # on `clip.vision_model` with `register_distill`, not through the segmentation forward the matrix checks.
         families=tuple(f for f in SUPPORTED_FAMILIES if f != "clipseg"),
         test_config=lambda family, model: RegistersConfig(num_registers=4),
+        fsdp=False,  # under FSDP 2 the unlocked block's trainable copies got no gradient (docs/scaling.md)
         description="PH-Reg: post-hoc register tokens for a ViT (plus trainable copies of its position/patch "
                     "embeddings and the last block the model reads), trained by self-distillation from the frozen "
                     "model",
