@@ -10,7 +10,8 @@ from adaptune.budget import two_turn
 from adaptune.budget.protocol import is_resize_call as resize_call
 from adaptune.budget.protocol import tool_call_text
 from adaptune.budget.two_turn import answer_with_resolution_policy, vision_token_ids
-from adaptune.models import build_tiny, get_family, load_model
+from adaptune.budget.resolution import TokenCounter
+from adaptune.models import build_tiny, get_family, load_model, prepare_chat_template
 from adaptune.rl.inference import compare_methods
 
 CALL = "<think>too small</think>\n" + tool_call_text()
@@ -158,6 +159,7 @@ def test_kv_reuse_equals_reencoding_on_tiny_families(family, one_thread):
     """The second turn continued from the first turn's cache gives the re-encoding path's logits (float tolerance)
     and answers, while prefilling fewer tokens; rows of different lengths share one left-padded batch."""
     model, processor = build_tiny(family, seed=1)
+    prepare_chat_template(processor, get_family(family), tool_calling=True)  # Qwen2.5-VL's own drops tool images
     force_protocol(model, processor)
     side = 128 if family == "qwen3_vl" else 112
     images = [Image.new("RGB", (side, side), (200, 40 * i, 30)) for i in range(3)]
@@ -173,6 +175,8 @@ def test_kv_reuse_equals_reencoding_on_tiny_families(family, one_thread):
     prefills_re = [n for n, _ in re_seen if n > 1]
     assert prefills_kv[0] == prefills_re[0]  # the first turn is the same call
     assert prefills_kv[1] < prefills_re[1] // 2  # the second turn prefilled only its new tail
+    n_full = TokenCounter(get_family(family), processor)(images[0])
+    assert prefills_kv[1] > n_full  # ... and that tail holds the full image the tool returned
 
 
 def test_kv_reuse_equals_reencoding_on_the_default(one_thread):
@@ -213,3 +217,20 @@ def test_kv_reuse_falls_back_with_a_logged_reason(one_thread, caplog, monkeypatc
         remove_budget_listener(model, "test")
     assert "KV reuse off" in caplog.text and "budget hooks" in caplog.text
     assert [r.raw for r in got] == [r.raw for r in expected]
+
+
+def test_a_template_that_drops_the_tool_turn_is_refused(one_thread):
+    """The original Qwen2.5-VL template renders no tool turn (the full image would never reach the model), so the
+    two-turn loop refuses it, naming the way out; fixed-resolution baselines need no tool and still run."""
+    from adaptune.models import ChatTemplateError
+
+    model, processor = build_tiny("qwen2_5_vl", seed=1)
+    images, questions = [Image.new("RGB", (112, 112), (200, 40, 30))], ["What digit is written?"]
+    with pytest.raises(ChatTemplateError, match=r"tool_calling=True.*model\.chat_template"):
+        answer_with_resolution_policy(model, processor, images, questions, max_new_tokens=4)
+    with pytest.raises(ChatTemplateError):
+        answer_with_resolution_policy(model, processor, images, questions, resize=[True], max_new_tokens=4)
+    assert len(answer_with_resolution_policy(model, processor, images, questions, always="full",
+                                             max_new_tokens=4)) == 1
+    prepare_chat_template(processor, get_family("qwen2_5_vl"), tool_calling=True)
+    assert len(answer_with_resolution_policy(model, processor, images, questions, max_new_tokens=4)) == 1

@@ -30,7 +30,7 @@ from typing import Any, Literal
 import torch
 from PIL import Image
 
-from ..models import FamilySpec, detect_family
+from ..models import ChatTemplateError, FamilySpec, detect_family, tool_template_problems
 from .answers import assistant_turns, extract_answer
 from .protocol import (
     RESIZE_THOUGHT,
@@ -111,6 +111,22 @@ def generate_texts(model: torch.nn.Module, processor: Any, texts: list[str], ima
     return tok.batch_decode(out[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
 
 
+def check_tool_template(processor: Any) -> None:
+    """Refuse a chat template on which the tool turn would be lost (no tool rendering, or the full image dropped
+    inside the tool message, as in the original Qwen2/2.5-VL templates): the second turn would silently answer
+    without the image it asked for. Checked once per template text."""
+    template = getattr(processor, "chat_template", None)
+    if template is not None and getattr(processor, "_adaptune_tool_template_checked", None) == template:
+        return
+    problems = tool_template_problems(processor, response_parser=False)
+    if problems:
+        raise ChatTemplateError(
+            "the processor's chat template cannot run the two-turn resize protocol (" + "; ".join(problems) + "). "
+            "Load the model with `load_model(..., tool_calling=True)` (what adaptune's commands do) or set "
+            "model.chat_template to a tool template such as adaptune's shipped one for the family")
+    processor._adaptune_tool_template_checked = template
+
+
 def answer_with_resolution_policy(
     model: torch.nn.Module,
     processor: Any,
@@ -159,6 +175,8 @@ def answer_with_resolution_policy(
         check_downsample_saves(family, processor, [im.size for im in full], downsample_factor,
                                "answer_with_resolution_policy", cost)
 
+    if always is None and (resize is None or any(resize)):
+        check_tool_template(processor)
     suppress = vision_token_ids(processor)
     was_training = model.training
     model.eval()

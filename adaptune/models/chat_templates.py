@@ -134,10 +134,11 @@ def _tool_conversation() -> list[dict[str, Any]]:
             {"role": "tool", "name": "resize_image", "content": [image, {"type": "text", "text": "result"}]}]
 
 
-def tool_template_problems(processor: Any) -> list[str]:
+def tool_template_problems(processor: Any, response_parser: bool = True) -> list[str]:
     """Why TRL's multi-turn GRPO cannot run the resize tool on this processor's chat template ([] when it can):
-    no tool calling, not prefix-preserving, images in tool messages dropped, or tool calls that the response parser
-    does not read back."""
+    no tool calling, not prefix-preserving, images in tool messages dropped, or (with `response_parser`) tool calls
+    that the response parser does not read back. adaptune's own two-turn inference parses calls itself and checks
+    with `response_parser=False`."""
     from jinja2 import TemplateError
     from trl.chat_template_utils import is_chat_template_prefix_preserving, supports_tool_calling
 
@@ -162,6 +163,8 @@ def tool_template_problems(processor: Any) -> list[str]:
         problems.append(f"it drops images inside tool messages ({text.count(image_token)} of 2 {image_token} "
                         "placeholders rendered), so the full image the resize tool returns would never reach "
                         "the model")
+    if not response_parser:
+        return problems
     if not _has_response_parser(processor):
         problems.append("TRL has no response parser for it (tool calls in completions would not be read back)")
     else:
