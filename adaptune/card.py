@@ -54,6 +54,19 @@ def shareable_source(source: str | None) -> str | None:
     return source
 
 
+def shareable_recipe(text: str) -> str:
+    """The run's recipe as a card shows it: without the `output:` section (where the run was written on the training
+    machine) and with a local `model.source` replaced by a placeholder; a machine path means nothing elsewhere."""
+    from omegaconf import OmegaConf
+
+    recipe = OmegaConf.create(text)
+    recipe.pop("output", None)
+    model = recipe.get("model")
+    if model is not None and model.get("source") and shareable_source(model.get("source")) is None:
+        model.source = "PATH/TO/THE/BASE/MODEL"
+    return OmegaConf.to_yaml(recipe)
+
+
 def _method_from_config(adapter_dir: Path) -> str:
     config = json.loads((adapter_dir / "adapter_config.json").read_text())
     return str(config.get("peft_type", "unknown")).lower()
@@ -127,7 +140,7 @@ def build_model_card(adapter_dir: str | Path, source: str | None, family: str | 
             "records adaptune's version, the model source, the base model's shapes and the weights' sha256.", "",
             "## How to load", "", loading]
     if recipe_text:
-        body += ["## Recipe", "", "```yaml", recipe_text.rstrip(), "```", ""]
+        body += ["## Recipe", "", "```yaml", shareable_recipe(recipe_text).rstrip(), "```", ""]
     training = _numbers(summary, list(TRAINING_KEYS))
     if training:
         body += ["## Training figures", "", _table(training, ("figure", "value")), ""]

@@ -3,9 +3,10 @@
 First (well within a minute) the shipped trained resolution policy (`adaptune.default.load_default_policy`: the LoRA
 adapter the VisionThink GRPO recipe trained, checksum verified) against always-low, always-full and the per-question
 oracle, on held-out questions where the same digit question needs the full image on some images (small digit) and
-not on others (large digit): its resize rate on each is the image-conditioned decision. Then it loads the shipped default (`load_model("default")`, checksum verified), asks held-out GlyphQA questions (fine = the
-small digit, coarse = counts, colours, shapes, positions) with the image at half resolution (4 visual tokens), at full
-resolution (16), and with the model's own choice: it sees the half image first and may call `resize_image`, in which
+not on others (large digit): its resize rate on each is the image-conditioned decision. Then it loads the shipped
+default (`load_model("default")`, checksum verified), asks held-out GlyphQA questions (fine = the small digit,
+coarse = counts, colours, shapes, positions) with the image at half resolution (4 visual tokens), at full resolution
+(16), and with the model's own choice: it sees the half image first and may call `resize_image`, in which
 case the full image comes back in a tool turn (20 tokens in all). Writes `report.md` with the accuracy table, visual
 tokens per answer, resize rate per kind, example images at both resolutions and the training curves of the build.
 About 2-4 minutes on 2 CPU cores.

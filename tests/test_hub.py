@@ -39,6 +39,17 @@ def test_shareable_source_never_names_a_machine_path(source, expected):
     assert shareable_source(source) == expected
 
 
+def test_the_card_holds_no_machine_path(lora_run):
+    """The run was written under pytest's tmp folder; the card's recipe shows neither that nor a local base."""
+    from adaptune.card import shareable_recipe
+
+    card = (lora_run / "adapter" / "README.md").read_text()
+    assert "## Recipe" in card and str(lora_run) not in card and "output:" not in card.split("## Recipe")[1]
+    text = shareable_recipe("name: x\nmodel: {source: /home/me/qwen}\noutput: {dir: /tmp/run}\n")
+    assert "/home/me" not in text and "/tmp/run" not in text and "PATH/TO/THE/BASE/MODEL" in text
+    assert "tiny:qwen3_vl" in shareable_recipe("model: {source: 'tiny:qwen3_vl'}\n")
+
+
 def test_adapter_names_its_base_and_the_loader_resolves_it(lora_run):
     from adaptune.models import load_model
 

@@ -178,6 +178,12 @@ def rerun_survivors(name: str, mutmut: str, jobs: int, previous: dict) -> dict:
         shutil.rmtree(work / "mutants" / extra, ignore_errors=True)
         if (ROOT / extra).is_dir():
             shutil.copytree(ROOT / extra, work / extra, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    for source in (ROOT / "adaptune").rglob("*"):  # the rest of the package as it is now (the tests may use it)
+        rel = source.relative_to(ROOT)
+        if source.is_file() and rel.as_posix() != module and "__pycache__" not in rel.parts:
+            for target in (work / rel, work / "mutants" / rel):
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(source, target)
     (work / "pyproject.toml").write_text(_pytest_section() + "\n" + _config(module, tests))
     env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1")
     env.pop("PYTHONPATH", None)
@@ -191,6 +197,10 @@ def rerun_survivors(name: str, mutmut: str, jobs: int, previous: dict) -> dict:
         if ":" in line:
             key, value = (part.strip() for part in line.rsplit(":", 1))
             status[key] = value
+    if all(status.get(key, "not checked") == "not checked" for key in names):  # mutmut failed before any mutant
+        lines = (work / "mutmut-survivors.log").read_text(errors="replace").replace("\r", "\n").splitlines()
+        error = next((x.strip() for x in reversed(lines) if "fail" in x.lower()), "mutmut produced no results")
+        return dict(previous, error=f"--survivors: {error} (see {work / 'mutmut-survivors.log'})")
     was = json.loads((work / "survivors.json").read_text()) if (work / "survivors.json").exists() else {}
     counts = dict(previous["counts"])
     left = {}

@@ -116,7 +116,7 @@ def ship_policy(run_dir: str | Path, dest: str | Path = POLICY) -> dict:
         "run": run_dir.name, "seed": _run_seed(run_dir),
         **{k: evaluation[k] for k in keep if k in evaluation},
         "headline": {k: v for k, v in evaluation.items() if k.startswith(("eval/", "target/"))},
-        "sha256": {name: sha256_file(dest / name) for name in POLICY_FILES},
+        "sha256": {item.name: sha256_file(item) for item in sorted(dest.iterdir()) if item.is_file()},
     }
     atomic_write_json(dest / "POLICY.json", record)
     return record
