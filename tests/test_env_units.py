@@ -15,6 +15,7 @@ from PIL import Image
 from adaptune.budget.protocol import TOOL_RESULT_TEXT
 from adaptune.budget.resolution import PixelCapWarning
 from adaptune.data.validate import InputError
+from adaptune.rl import env as env_module
 from adaptune.rl.env import (
     ALREADY_RESIZED,
     BAD_ACTION,
@@ -54,6 +55,7 @@ def test_messages():
 def test_fresh_env_state_and_reset():
     e = env()
     assert (e.resized, e.low_tokens, e.full_tokens, e.visual_tokens, e.tool_calls, e.errors) == (False, 0, 0, 0, 0, [])
+    assert env().resize_image("resize") == MISSING_FULL  # before any reset: no full image
     assert e.reset(image=LOW, full_image=FULL, id="r1") is None
     assert (e.low_tokens, e.full_tokens, e.visual_tokens) == (2, 8, 2)
     e.reset(image=None, full_image=FULL)
@@ -111,8 +113,9 @@ def test_no_savings_is_counted_and_warned_once_per_stats():
     message = str(caught[0].message)
     assert message.startswith("a rollout's full image (64x64, 2 visual tokens) costs no more than its "
                               "low-resolution view (2)")
-    assert message.endswith("(counted in env/no_savings_total)")
-    assert caught[0].filename == __file__
+    assert ("the processor's pixel cap shrinks both to the same size, so resizing saves nothing; downscale the full "
+            "images to the processor's max_pixels first (counted in env/no_savings_total)") in message
+    assert caught[0].filename != env_module.__file__  # stacklevel=2: reported at the caller, not inside reset
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         quiet = EnvStats()
@@ -120,6 +123,13 @@ def test_no_savings_is_counted_and_warned_once_per_stats():
         env(stats=quiet, cap=1).reset(image=None, full_image=capped)        # no low image: not counted
         env(stats=quiet, cap=1).reset(image=LOW, full_image=None)           # no full image: not counted
         assert quiet.no_savings == 0
+    class NoTokens:
+        def visual_tokens(self, processor, height, width):
+            return 0
+
+    zero = EnvStats()
+    ResolutionEnv(None, NoTokens(), stats=zero).reset(image=None, full_image=FULL)  # 0 <= 0, but no low view
+    assert zero.no_savings == 0
     fewer = EnvStats()
     with pytest.warns(PixelCapWarning):
         env(stats=fewer).reset(image=FULL, full_image=LOW)  # the "full" image is smaller: counted too

@@ -167,3 +167,25 @@ def test_config_from_mapping():
         config_from_mapping(Cfg, {"d": 1, "c": 2, "a": 3})
     with pytest.raises(ValueError, match=r"^unknown rule key\(s\) \['z'\]"):
         config_from_mapping(Cfg, {"z": 1}, where="rule")
+
+
+def test_policy_counters_add_up_over_batches():
+    for mode, key in (("drop", "drops"), ("zero", "zeroed")):
+        judge = FailurePolicyJudge(Scripted({}), mode)
+        judge.score_sync(items("x", "y"))
+        judge.score_sync(items("z"))
+        assert judge.stats()[key] == 3
+    judge = FailurePolicyJudge(Scripted({}), "fallback", Scripted({"x": 1.0}))
+    judge.score_sync(items("x", "y"))
+    judge.score_sync(items("z"))
+    assert (judge.stats()["fallbacks"], judge.stats()["drops"]) == (3, 2)
+
+
+def test_fallback_returning_too_few_verdicts_is_an_error():
+    class Short(BaseJudge):
+        async def score(self, items):
+            return [Verdict(1.0)] * (len(items) - 1)
+
+    judge = FailurePolicyJudge(Scripted({}), "fallback", Short())
+    with pytest.raises(ValueError, match="zip"):  # never a failed verdict left standing silently
+        judge.score_sync(items("x", "y"))

@@ -198,6 +198,7 @@ def test_protocol_texts_and_messages():
     assert P.tool_call_message() == {"role": "assistant", "content": f"<think>{P.RESIZE_THOUGHT}</think>",
                                      "tool_calls": [P.tool_call()]}
     assert P.tool_call_message(None, "b") == {"role": "assistant", "content": "b", "tool_calls": [P.tool_call()]}
+    assert P.tool_call_message(None)["content"] == ""
     assert P.tool_result_message() == {"role": "tool", "name": "resize_image", "content": [
         {"type": "image"}, {"type": "text", "text": P.TOOL_RESULT_TEXT}]}
     image = Image.new("RGB", (4, 4))

@@ -93,8 +93,13 @@ def test_files_overrides_and_interpolation(tmp_path):
         load_recipe(data=MINIMAL, overrides=["training.max_steps=x"])
     with pytest.raises(RecipeError, match=r"^<recipe>: key 'training.nope': "):
         load_recipe(data={**MINIMAL, "training": {"nope": 1}})
-    with pytest.raises(RecipeError, match=r"^<recipe>: .*missing"):  # an unresolvable interpolation
-        load_recipe(data={**MINIMAL, "description": "${missing}"})
+    with pytest.raises(RecipeError, match=r"^<recipe>: key 'description': Interpolation key 'missing' not found$"):
+        load_recipe(data={**MINIMAL, "description": "${missing}"})  # one line: OmegaConf's details dropped
+    with pytest.raises(RecipeError, match=r"^<recipe>: Merge error: str is not a subclass of TaskSection"):
+        load_recipe(data={"name": "r", "task": "x"})  # an error without a key: no "key ...:" part
+    with pytest.raises(RecipeError, match=r"^<recipe> \(override 'training.grad_accum=a=b'\): training.grad_accum: "
+                                          r"renamed"):
+        load_recipe(data=MINIMAL, overrides=["training.grad_accum=a=b"])  # the key ends at the first "="
     with pytest.raises(RecipeError, match=r"^<recipe>: training.max_steps: must be an integer >= 0"):
         load_recipe(data={**MINIMAL, "training": {"max_steps": -1}})  # the values are checked on load
 
@@ -173,7 +178,11 @@ def test_extra_report_to_output_and_scheduler():
                                           r"\(known: linear, cosine, "):
         check_recipe_values(recipe(lr_scheduler_type="cosin"))
     check_recipe_values(recipe(lr_scheduler_type="constant"))
+    check_recipe_values(recipe(extra={"extra": 1}))  # not a training field: left to the TrainingArguments check
     r = recipe(max_steps=-1)
+    r.source_file = None  # a recipe built in code
+    with pytest.raises(RecipeError, match=r"^<recipe>: training.max_steps: "):
+        check_recipe_values(r)
     r.source_file = "f.yaml"
     with pytest.raises(RecipeError, match=r"^f.yaml: training.max_steps: .*, got -1$"):
         check_recipe_values(r)

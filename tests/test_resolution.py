@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from adaptune.budget import resolution
 from adaptune.budget.resolution import (
     PixelCapWarning,
     TokenCounter,
@@ -30,6 +31,7 @@ class Family:
         self.cap, self.calls = cap, []
 
     def visual_tokens(self, processor, height, width):
+        assert processor is not None, "the processor is passed on"
         self.calls.append((height, width))
         area = min(height * width, self.cap)
         return max(1, area // 64)
@@ -104,7 +106,9 @@ def test_check_downsample_saves_counts_and_warns_with_the_first_bad_size():
     message = str(caught[0].message)
     assert message.startswith("split rl: 2 of 4 image(s) (e.g. 256x256) exceed")
     assert "the 0.5x view costs as many visual tokens (256) as the full image" in message
-    assert caught[0].filename == __file__  # stacklevel=2: the caller's line
+    assert message.endswith("the resolution policy saves nothing on them. Downscale the full images to the "
+                            "processor's max_pixels first.")
+    assert caught[0].filename != resolution.__file__  # stacklevel=2: reported at the caller, not in the module
 
 
 def test_check_downsample_saves_equal_tokens_count_and_quiet_cases():
@@ -117,6 +121,13 @@ def test_check_downsample_saves_equal_tokens_count_and_quiet_cases():
     assert family.calls == [(64, 64), (32, 32), (16, 16), (8, 8)]
     with pytest.warns(PixelCapWarning, match=r"1 of 1 image\(s\) \(e.g. 8x8\).*the 0.25x view.*\(1\)"):
         assert check_downsample_saves(family, Processor(), [(8, 8)], factor=0.25) == 1  # 1 token both: equal is bad
+
+
+def test_check_downsample_saves_uses_its_factor_and_names_images_by_default():
+    family = Family(cap=32 * 32)  # 64x64 costs 16 tokens, so does its 32x32 half; its 16x16 quarter costs 4
+    assert check_downsample_saves(family, Processor(), [(64, 64)], factor=0.25) == 0
+    with pytest.warns(PixelCapWarning, match=r"^images: 1 of 1 image\(s\) \(e.g. 64x64\)"):
+        assert check_downsample_saves(family, Processor(), [(64, 64)]) == 1
 
 
 def test_check_downsample_saves_uses_the_given_counter():

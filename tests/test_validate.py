@@ -11,6 +11,7 @@ import struct
 import warnings
 import zlib
 from pathlib import Path
+from types import MappingProxyType
 
 import datasets
 import numpy as np
@@ -104,8 +105,14 @@ def test_sixteen_bit_and_float_rescale_from_min_to_max():
     out = np.asarray(to_rgb(Image.fromarray(arr)))
     assert out.shape == (1, 3, 3) and out[0, :, 0].tolist() == [0, 64, 255]  # (500 / 2000) * 255 = 63.75 -> 64
     assert (out[..., 0] == out[..., 1]).all() and (out[..., 1] == out[..., 2]).all()
-    flat = np.asarray(to_rgb(Image.fromarray(np.full((2, 2), 7.5, dtype=np.float32))))
-    assert flat.max() == 0  # constant: all black, no division by zero
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # constant: all black, no 0/0 (numpy would warn "invalid value")
+        flat = np.asarray(to_rgb(Image.fromarray(np.full((2, 2), 7.5, dtype=np.float32))))
+    assert flat.max() == 0
+    for mode in ("I;16B", "I;16L"):  # big- and little-endian 16-bit files
+        raw = np.array([[1000, 3000]], dtype=">u2" if mode == "I;16B" else "<u2").tobytes()
+        out = np.asarray(to_rgb(Image.frombytes(mode, (2, 1), raw)))
+        assert out[0, :, 0].tolist() == [0, 255], mode
     floats = np.asarray(to_rgb(Image.fromarray(np.array([[-1.0, 0.0, 1.0]], dtype=np.float32))))
     assert floats[0, :, 0].tolist() == [0, 128, 255]  # 127.5 rounds to 128 (truncation would give 127)
     ints = np.asarray(to_rgb(Image.fromarray(np.array([[10, 20]], dtype=np.int32), mode="I")))
@@ -120,13 +127,14 @@ def test_alpha_goes_on_white_and_other_modes_convert():
     assert to_rgb(Image.new("LA", (1, 1), (0, 0))).getpixel((0, 0)) == (255, 255, 255)
     assert to_rgb(Image.new("PA", (1, 1), (0, 0))).getpixel((0, 0)) == (255, 255, 255)
     assert to_rgb(Image.new("RGBa", (1, 1), (0, 0, 0, 0))).getpixel((0, 0)) == (255, 255, 255)
-    palette = Image.new("P", (2, 1))
-    palette.putpalette([0, 0, 0, 200, 0, 0] + [0] * 762)
+    palette = Image.new("P", (3, 1))
+    palette.putpalette([0, 0, 0, 200, 0, 0, 0, 0, 0] + [0] * 759)  # entries 0 and 2 are both black
     palette.putpixel((1, 0), 1)
-    palette.info["transparency"] = 0
-    assert [to_rgb(palette).getpixel((x, 0)) for x in (0, 1)] == [(255, 255, 255), (200, 0, 0)]
+    palette.putpixel((2, 0), 2)
+    palette.info["transparency"] = 0  # only entry 0 is transparent (via RGB, every black pixel would be)
+    assert [to_rgb(palette).getpixel((x, 0)) for x in (0, 1, 2)] == [(255, 255, 255), (200, 0, 0), (0, 0, 0)]
     del palette.info["transparency"]
-    assert [to_rgb(palette).getpixel((x, 0)) for x in (0, 1)] == [(0, 0, 0), (200, 0, 0)]
+    assert [to_rgb(palette).getpixel((x, 0)) for x in (0, 1, 2)] == [(0, 0, 0), (200, 0, 0), (0, 0, 0)]
     assert to_rgb(Image.new("L", (1, 1), 9)).getpixel((0, 0)) == (9, 9, 9)
     assert to_rgb(Image.new("CMYK", (1, 1), (0, 0, 0, 0))).mode == "RGB"
 
@@ -192,6 +200,16 @@ def test_vqa_rows():
         prepare_vqa_row({"id": "r2", "image": b"xx", "question": "q", "answer": "a"})
     with pytest.raises(InputError, match=r"^row r2: question is not valid UTF-8"):
         prepare_vqa_row({"id": "r2", "image": image, "question": "q", "answer": b"\xff"})
+    strict = InputPolicy(max_question_chars=3, min_side=40)
+    with pytest.raises(InputError, match=r"^row r3: question has 4 characters, above the limit of 3"):
+        prepare_vqa_row({"id": "r3", "image": image, "question": "abcd", "answer": "a"}, policy=strict)
+    with pytest.raises(InputError, match=r"^row r3: question has 4 characters"):  # a bytes answer: same rules
+        prepare_vqa_row({"id": "r3", "image": image, "question": "q", "answer": b"abcd"}, policy=strict)
+    small = prepare_vqa_row({"image": Image.new("RGB", (20, 20)), "question": "q", "answer": "a"}, policy=strict)
+    assert small["image"].size == (40, 40)
+    proxy = MappingProxyType({"id": "r5", "image": image, "question": "q", "answer": " "})
+    with pytest.raises(InputError, match=r"^row 2: answer is empty$"):  # not a dict: named by its index
+        prepare_vqa_row(proxy, index=2)  # type: ignore[arg-type]
     no_answer = prepare_vqa_row({"image": image, "question": "q", "answer": b"raw"}, required=("image", "question"))
     assert no_answer["answer"] == b"raw"
     with pytest.raises(InputError, match=r"^input: missing column\(s\) question$"):
@@ -209,6 +227,8 @@ def test_dataset_images_are_checked_with_the_row_id_or_index(tmp_path: Path):
                                       "id": ["a", "b"]}, features=features)
     with pytest.raises(InputError, match=r"^row b: unreadable"):
         check_dataset_images(bad)
+    with pytest.raises(InputError, match=r"^row b: unreadable"):  # skipping a column goes on to the next one
+        check_dataset_images(bad, columns=("missing", "id", "image"))
     plain = datasets.Dataset.from_dict({"image": [{"bytes": b"xx", "path": None}]},
                                        features=datasets.Features({"image": datasets.Image()}))
     with pytest.raises(InputError, match=r"^row 0: unreadable"):

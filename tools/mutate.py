@@ -5,7 +5,8 @@ exercise it, in a scratch copy of the package (runs/mutation/<name>/), so the wo
 module's run stays minutes, not hours. The score per module (killed / all mutants; timeouts count as killed, mutants
 that no selected test reaches count as survived) is written to runs/mutation/scores.json and printed as a table; the
 surviving mutants of each module are listed in runs/mutation/<name>/survivors.txt (`cd runs/mutation/<name> &&
-mutmut show NAME` prints one's diff).
+mutmut show NAME` prints one's diff). After adding tests, `--survivors` reruns only those (with the current tests and
+the rest of the package as it is now; refused when the module itself changed): the score then also keeps `before`.
 Survivors that cannot be killed (equivalent mutants) are recorded with the reason in tests/mutation/equivalent.md.
 
     python tools/mutate.py                 # every core module (long: an hour or more on 2 cores)
