@@ -31,22 +31,30 @@ TINY = ROOT / "recipes/qwen3_vl/glyphqa/visionthink_grpo_tiny.yaml"
 DEMO = ROOT / "recipes/qwen3_vl/glyphqa/visionthink_grpo.yaml"
 
 
-def scripted_generation_kwargs(processor, answer: str = "3", big: float = 40.0, choice: float = 30.0):
-    """Sequence biases that make a RANDOM-weight model follow the protocol: every first turn starts with <think>,
-    then either calls the tool (well-formed) or answers without tags (format 0); after the tool turn it answers in
-    tags. Rollouts of one prompt then differ in reward, so GRPO has a gradient. Returns (kwargs, longest turn)."""
+def protocol_turns(processor, answer: str = "3") -> dict[str, list[int]]:
+    """Token ids of the protocol's pieces on a Qwen-style template: the assistant header, the header after a tool
+    reply, a tool-call turn, an untagged ("bad") answer, a tagged final answer, and "<think>"."""
     tok = processor.tokenizer
 
     def enc(text):
         return tok(text, add_special_tokens=False)["input_ids"]
 
     im_end = tok.convert_tokens_to_ids("<|im_end|>")
-    header = enc("<|im_start|>assistant\n")
-    after_tool = enc("</tool_response><|im_end|>\n<|im_start|>assistant\n")
-    tool = enc("<think>x</think>\n" + tool_call_text()) + [im_end]
-    bad = enc("<think>y</think>" + answer) + [im_end]
-    final = enc(f"<think>z</think><answer>{answer}</answer>") + [im_end]
-    bias = [[header + enc("<think>"), big], [header + tool[:2], choice], [header + bad[:2], choice],
+    return {"header": enc("<|im_start|>assistant\n"),
+            "after_tool": enc("</tool_response><|im_end|>\n<|im_start|>assistant\n"),
+            "tool": enc("<think>x</think>\n" + tool_call_text()) + [im_end],
+            "bad": enc("<think>y</think>" + answer) + [im_end],
+            "final": enc(f"<think>z</think><answer>{answer}</answer>") + [im_end],
+            "think": enc("<think>")}
+
+
+def scripted_generation_kwargs(processor, answer: str = "3", big: float = 40.0, choice: float = 30.0):
+    """Sequence biases that make a RANDOM-weight model follow the protocol: every first turn starts with <think>,
+    then either calls the tool (well-formed) or answers without tags (format 0); after the tool turn it answers in
+    tags. Rollouts of one prompt then differ in reward, so GRPO has a gradient. Returns (kwargs, longest turn)."""
+    t = protocol_turns(processor, answer)
+    header, after_tool, tool, bad, final = t["header"], t["after_tool"], t["tool"], t["bad"], t["final"]
+    bias = [[header + t["think"], big], [header + tool[:2], choice], [header + bad[:2], choice],
             [after_tool + final[:2], 3 * big]]
     for seq in (tool, bad, final):
         bias += [[seq[: k + 1], big] for k in range(2, len(seq))]

@@ -115,16 +115,10 @@ def test_real_tiny_model_runs_every_mode(tiny, one_thread):
 def force_protocol(model, processor, answer: str = "3", big: float = 60.0) -> None:
     """Bias a model's greedy turns onto the protocol (every first turn calls the tool, the second answers), so a
     random-weight model takes the two-turn path; the raw logits the tests compare are the model's own."""
-    tok = processor.tokenizer
+    from test_grpo import protocol_turns
 
-    def enc(text):
-        return tok(text, add_special_tokens=False)["input_ids"]
-
-    im_end = tok.convert_tokens_to_ids("<|im_end|>")
-    header = enc("<|im_start|>assistant\n")
-    after_tool = enc("</tool_response><|im_end|>\n<|im_start|>assistant\n")
-    tool = enc("<think>x</think>\n" + tool_call_text()) + [im_end]
-    final = enc(f"<think>z</think><answer>{answer}</answer>") + [im_end]
+    t = protocol_turns(processor, answer)
+    header, after_tool, tool, final = t["header"], t["after_tool"], t["tool"], t["final"]
     bias = {}
     for before, seq in ((header, tool), (after_tool, final)):  # keyed on the turn header: no ambiguity
         bias.update({tuple(before + seq[: k + 1]): big for k in range(len(seq))})
