@@ -412,3 +412,43 @@ def test_reward_plugin_by_dotted_path_and_by_file_function(tmp_path, monkeypatch
     assert build_rewards({"plugin": "my_rewards_pkg:plain"}, None, 2).weights == [1.0]
     file_made = build_rewards({"plugin": f"{tmp_path / 'my_rewards_pkg' / '__init__.py'}:plain"}, None, 2)
     assert file_made.funcs[0](completions=["abc"]) == [3.0]
+
+
+def test_resolution_label_reward_penalises_the_decision_that_contradicts_the_label() -> None:
+    from adaptune.rl.rewards import make_resolution_label_reward
+
+    reward = make_resolution_label_reward()  # label-resolution's `label` column
+    resized, direct = [tool_turn(), TOOL_RESPONSE, answer_turn("7")], [answer_turn("7")]
+    labels = ["needs_high_res", "needs_high_res", "low_res_suffices", "low_res_suffices", "drop"]
+    assert reward(completions=[resized, direct, resized, direct, resized], label=labels) == [0.0, -1.0, -1.0, 0.0, 0.0]
+    assert reward(completions=[resized, direct]) == [0.0, 0.0]  # rows without the column: no evidence
+    # the environment's flag wins over the text (a refused call is not a resize)
+    envs = [SimpleNamespace(resized=False), SimpleNamespace(resized=True)]
+    assert reward(completions=[resized, direct], label=["low_res_suffices"] * 2, environments=envs) == [0.0, -1.0]
+    joined = make_resolution_label_reward(["kind", "digit_size"], needs_full=["fine/small"],
+                                          low_suffices=["fine/large", "coarse/small"])
+    assert joined(completions=[direct, resized, resized, direct], kind=["fine", "fine", "coarse", "coarse"],
+                  digit_size=["small", "large", "small", "large"]) == [-1.0, -1.0, -1.0, 0.0]
+    flags = make_resolution_label_reward("use_tool", needs_full=[True], low_suffices=[False])
+    assert flags(completions=[direct, resized], use_tool=[True, False]) == [-1.0, -1.0]
+    with pytest.raises(ValueError, match="share"):
+        make_resolution_label_reward(needs_full=["a"], low_suffices=["a"])
+    with pytest.raises(ValueError, match="columns"):
+        make_resolution_label_reward([])
+
+
+def test_resolution_label_reward_from_a_recipe_entry() -> None:
+    from adaptune.config import RecipeError, load_recipe
+    from adaptune.rl.sections import parse_grpo_section
+    from adaptune.rl.trainer import build_rewards
+
+    tiny = Path(__file__).resolve().parents[1] / "recipes/qwen3_vl/glyphqa/visionthink_grpo_tiny.yaml"
+    entry = ("{name: resolution_label, weight: 0.5, params: {columns: [kind, digit_size], needs_full: [fine/small],"
+             " low_suffices: [fine/large]}}")
+    plan = parse_grpo_section(load_recipe(tiny, [f"grpo.rewards=[accuracy, format, {entry}]"]))
+    rewards = build_rewards(plan.reward, plan.rewards, 2)
+    assert rewards.names[-1] == "resolution_label" and rewards.weights[-1] == 0.5
+    assert rewards.funcs[-1](completions=[[answer_turn("7")]], kind=["fine"], digit_size=["small"]) == [-1.0]
+    bad = parse_grpo_section(load_recipe(tiny, ["grpo.rewards=[{name: resolution_label, params: {colums: x}}]"]))
+    with pytest.raises(RecipeError, match="colums"):
+        build_rewards(bad.reward, bad.rewards, 2)

@@ -327,6 +327,51 @@ def make_resolution_penalty(
     return _named(resolution_penalty, "resolution_penalty", judge=the_judge, penalty=config)
 
 
+@REWARDS.register("resolution_label")
+def make_resolution_label_reward(
+    columns: str | Sequence[str] = "label",
+    needs_full: Sequence[Any] = ("needs_high_res",),
+    low_suffices: Sequence[Any] = ("low_res_suffices",),
+    tool_name: str = TOOL_NAME,
+) -> RewardFn:
+    """-1.0 for a rollout whose resolution decision contradicts its row's label, else 0.0 (weight it in the recipe).
+
+    A row's label is the value of `columns` (several columns: their values joined with "/"), compared as text: in
+    `needs_full`, answering without the tool contradicts it; in `low_suffices`, resizing does; any other value
+    (`drop`, a missing column) gives 0.0. The default reads `adaptune label-resolution`'s `label` column. Unlike the
+    group penalty, which infers from the group's own rollouts which resolution suffices, this term uses labels the
+    data already carries (VisionThink's `info.use_tool`, GlyphQA's digit sizes), so it still acts in a group that
+    never tried one of the two branches.
+
+    >>> reward = make_resolution_label_reward(["kind", "digit_size"], needs_full=["fine/small"],
+    ...                                       low_suffices=["fine/large", "coarse/small", "coarse/large"])
+    >>> calls = '<tool_call>{"name": "resize_image", "arguments": {}}</tool_call>'
+    >>> reward(completions=[calls, "<answer>7</answer>", calls, "<answer>7</answer>"],
+    ...        kind=["fine", "fine", "fine", "coarse"], digit_size=["small", "small", "large", "large"])
+    [0.0, -1.0, -1.0, 0.0]
+    """
+    names = [columns] if isinstance(columns, str) else list(columns)
+    if not names or not all(isinstance(c, str) and c for c in names):
+        raise ValueError(f"columns: a column name or a non-empty list of names, got {columns!r}")
+    full, low = {str(v) for v in needs_full}, {str(v) for v in low_suffices}
+    if full & low:
+        raise ValueError(f"needs_full and low_suffices share {sorted(full & low)}")
+
+    def resolution_label(completions: Sequence[Any] = (), **kwargs: Any) -> list[float]:
+        resized = rollout_resized(completions, kwargs.get("environments"), tool_name)
+        values = [kwargs.get(c) for c in names]
+        out = []
+        for i, r in enumerate(resized):
+            if any(v is None or i >= len(v) for v in values):
+                out.append(0.0)
+                continue
+            label = "/".join(str(v[i]) for v in values)
+            out.append(-1.0 if (label in full and not r) or (label in low and r) else 0.0)
+        return out
+
+    return _named(resolution_label, "resolution_label")
+
+
 def _mean(values: Sequence[float | None]) -> float:
     kept = [v for v in values if v is not None and not math.isnan(v)]
     return sum(kept) / len(kept) if kept else float("nan")
