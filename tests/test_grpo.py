@@ -350,3 +350,24 @@ def test_eval_dataset_overrides_the_training_source(tmp_path):
                                                  "grpo.eval.dataset=glyphqa", "grpo.eval.fine_fraction=0.3"]))
     held_out = evaluation_rows(plan)
     assert len(held_out) == 10 and sum(r["kind"] == "fine" for r in held_out) == 3
+
+
+def test_headline_ratios_are_strict_json_when_a_denominator_is_zero():
+    import json
+
+    from adaptune.rl.report import headline
+
+    def cells(acc, tokens, fine=None, coarse=None):
+        out = {"all": {"accuracy": acc, "visual_tokens": tokens}}
+        if fine is not None:
+            out.update({"fine": {"resize_rate": fine}, "coarse": {"resize_rate": coarse}})
+        return out
+
+    never_coarse = headline({"policy": cells(0.8, 8.0, fine=1.0, coarse=0.0), "full": cells(0.0, 16.0)})
+    json.dumps(never_coarse, allow_nan=False)  # no Infinity / NaN in eval.json
+    assert never_coarse["eval/resize_rate_fine_over_coarse"] is None and never_coarse["target/resize_fine>=3x_coarse"]
+    assert never_coarse["eval/accuracy_vs_full"] is None and not never_coarse["target/accuracy>=95%_of_full"]
+    never = headline({"policy": cells(0.8, 4.0, fine=0.0, coarse=0.0), "full": cells(0.8, 16.0)})
+    assert not never["target/resize_fine>=3x_coarse"] and never["target/accuracy>=95%_of_full"]
+    ratio = headline({"policy": cells(0.8, 8.0, fine=0.9, coarse=0.3), "full": cells(0.8, 16.0)})
+    assert ratio["eval/resize_rate_fine_over_coarse"] == pytest.approx(3.0) and ratio["target/resize_fine>=3x_coarse"]
