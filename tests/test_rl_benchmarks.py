@@ -1,4 +1,4 @@
-"""benchmarks/grpo_seeds.py: the seed-spread table of GRPO runs."""
+"""benchmarks/grpo_seeds.py (the seed-spread table of GRPO runs) and benchmarks/probe_decision_state.py (the probe)."""
 from __future__ import annotations
 
 import importlib.util
@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "grpo_seeds.py"
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
-def _module():
-    spec = importlib.util.spec_from_file_location("grpo_seeds", SCRIPT)
+def _module(name: str = "grpo_seeds"):
+    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -29,3 +29,15 @@ def test_table_gives_each_run_and_mean_and_spread(tmp_path):
     (tmp_path / "s2").mkdir()
     with pytest.raises(SystemExit, match="eval.json not found"):
         seeds.table([tmp_path / "s2"])
+
+
+def test_probe_accuracy_finds_a_linear_signal_and_not_noise():
+    import numpy as np
+
+    probe = _module("probe_decision_state")
+    rng = np.random.default_rng(0)
+    labels = (rng.random(120) < 0.5).astype(float)
+    features = rng.normal(size=(120, 16))
+    assert probe.probe_accuracy(features, labels) < 0.75  # labels unrelated to the features
+    features[:, 3] += 3.0 * (2 * labels - 1)  # one direction carries the label
+    assert probe.probe_accuracy(features, labels) > 0.95
