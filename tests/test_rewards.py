@@ -234,7 +234,8 @@ def test_visionthink_reward_with_environments_and_logging() -> None:
     extra: dict[str, list] = {}
     rewards = run(reward(
         prompts=["p1"] * 4 + ["p2"] * 4, completions=completions, completion_ids=[[0]] * 8, answer=["7"] * 8,
-        kind=["fine"] * 4 + ["coarse"] * 4, trainer_state=None, environments=envs, log_metric=metrics.__setitem__,
+        kind=["fine"] * 4 + ["coarse"] * 4, digit_size=["small", "large", "large", "large"] + ["small"] * 4,
+        trainer_state=None, environments=envs, log_metric=metrics.__setitem__,
         log_extra=lambda col, values: extra.setdefault(col, []).extend(values),
     ))
     # group 1: r = 1/3 >= 0.2 -> resized rollouts pay 0.1 (paper)
@@ -242,6 +243,9 @@ def test_visionthink_reward_with_environments_and_logging() -> None:
     assert rewards[4:] == [None] * 4
     assert metrics["visionthink/resize_rate"] == 0.25 and metrics["visionthink/visual_tokens"] == 32.0
     assert metrics["visionthink/resize_rate_fine"] == 0.5 and metrics["visionthink/resize_rate_coarse"] == 0.0
+    # per digit size among the fine (digit) questions only; the coarse rows' small digits do not count
+    assert metrics["visionthink/resize_rate_small_digit"] == 0.0
+    assert metrics["visionthink/resize_rate_large_digit"] == pytest.approx(2 / 3)
     assert metrics["visionthink/dropped_groups"] == 0.5 and metrics["visionthink/accuracy"] == 0.75
     assert metrics["visionthink/judge_requests"] == 8.0  # this batch's judge calls
     assert len(extra["visionthink_accuracy"]) == 8

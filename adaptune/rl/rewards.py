@@ -481,6 +481,11 @@ class VisionThinkScorer:
                 for kind in sorted({k for k in kinds if isinstance(k, str)}):
                     log_metric(f"{p}/resize_rate_{kind}", _mean([float(r) for r, k in zip(b.resized, kinds)
                                                                  if k == kind]))
+                sizes = kwargs.get("digit_size")  # GlyphQA's two digit sizes: the image-conditioned decision
+                if isinstance(sizes, (list, tuple)) and len(sizes) == len(b.resized):
+                    for size in sorted({s for s, k in zip(sizes, kinds) if k == "fine" and isinstance(s, str)}):
+                        log_metric(f"{p}/resize_rate_{size}_digit", _mean([
+                            float(r) for r, k, s in zip(b.resized, kinds, sizes) if k == "fine" and s == size]))
             log_metric(f"{p}/dropped_groups", 1.0 - kept / max(1, len(b.slices)))
             log_metric(f"{p}/zero_std_groups", zero_std / max(1, kept))
             tokens = [getattr(e, "visual_tokens", None) for e in environments or []]
