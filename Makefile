@@ -3,8 +3,9 @@
 # make test-slow  end-to-end checks (shortened builds, GRPO runs, servers, the notebook)
 # make bench      benchmarks that print ratios measured side by side
 # make mutate     mutation testing of the core modules (mutmut; long), a score per module in runs/mutation/scores.json
-#                 (one module: make mutate MODULES=rewards; the list: python tools/mutate.py --list)
-# make demo-rl    VisionThink on the default: GRPO (300 steps, ~14 min quiet), held-out report, ships the policy
+#                 (one module: make mutate MODULES=rewards; mutants in parallel: JOBS=1 (default: one per core);
+#                 the list: python tools/mutate.py --list)
+# make demo-rl    VisionThink on the default: GRPO (250 steps), held-out report, ships the trained policy
 VENV ?= .venv
 PY := $(VENV)/bin/python
 export HF_HUB_OFFLINE ?= 1
@@ -17,13 +18,13 @@ env:
 demo: env
 	$(PY) -m adaptune demo
 
-# GRPO on the recipe's generated mix: 50% digit questions, half of the images with a large digit (readable at half
+# GRPO on the recipe's generated mix: 70% digit questions, half of the images with a large digit (readable at half
 # resolution, same question; docs/glyphqa.md#two-digit-sizes), so when to resize depends on the image. No labelling
 # pass: `adaptune label-resolution` at T=0.3 keeps only 5 of 236 large-digit rows (4 of 4 sampled half-resolution
 # reads right), which would leave the policy nothing to learn "do not resize" from (docs/visionthink.md).
-# One torch thread: fastest on a shared 2-core box. GRPO stops at training.max_steps=300 (about 14 minutes on a quiet
-# 2-core machine, ~25 on a busy one); its 60-minute wall-time guard, if hit, marks the report CUT SHORT. The trained
-# adapter then replaces the shipped policy (adaptune/default/assets/policy) that `make demo` shows.
+# One torch thread: fastest on a shared 2-core box. GRPO stops at training.max_steps=250 (a step count; the time
+# depends on the machine, see the recipe's header); its wall-time guard, if hit, marks the report CUT SHORT. The
+# trained adapter then replaces the shipped policy (adaptune/default/assets/policy) that `make demo` shows.
 demo-rl: env
 	OMP_NUM_THREADS=1 $(PY) -m adaptune train recipes/qwen3_vl/glyphqa/visionthink_grpo.yaml output.overwrite=true
 	$(PY) -m adaptune default ship-policy runs/qwen3_vl-glyphqa-visionthink
@@ -44,7 +45,7 @@ bench: env
 	$(PY) benchmarks/run_all.py
 
 mutate: env
-	$(PY) tools/mutate.py $(MODULES)
+	$(PY) tools/mutate.py $(if $(JOBS),--jobs $(JOBS)) $(MODULES)
 
 clean:
 	rm -rf runs .pytest_cache

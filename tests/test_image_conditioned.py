@@ -151,11 +151,10 @@ def test_shipped_policy_resizes_on_small_digits(policy_resizes, one_thread):
     assert policy_resizes["small"] >= 0.9, policy_resizes
 
 
-# The shipped policy (one 250-step run, seed 0, docs/visionthink.md) resizes on every digit question, large digits
-# included: it learned the question, not the image. Strict: a retrained policy that passes turns this into a failure
-# to be removed.
-@pytest.mark.xfail(strict=True, reason="the shipped 250-step policy resizes on large digits too (measured 1.00)")
+# The shipped policy (250 steps, seed 0, KL 0.04; docs/visionthink.md) resized on 0.29 of the 41 large-digit
+# questions of the held-out 300 and on every small-digit one. Its predecessor (no KL) resized on every digit question.
 def test_shipped_policy_resizes_more_on_small_digits_than_large(policy_resizes, one_thread):
-    """Same question, different images: the trained policy (greedy) must resize more often when the digit is small
-    (unreadable at half resolution) than when it is large."""
-    assert policy_resizes["small"] > policy_resizes["large"] + 0.3, policy_resizes
+    """Same question, different images: the trained policy (greedy) must resize far more often when the digit is
+    small (unreadable at half resolution) than when it is large."""
+    assert policy_resizes["large"] <= 0.3, policy_resizes
+    assert policy_resizes["small"] >= policy_resizes["large"] + 0.6, policy_resizes
