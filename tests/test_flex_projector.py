@@ -197,6 +197,67 @@ def test_flex_config_validation():
         FlexProjectorConfig(deepstack="sum")
 
 
+def test_per_budget_norm_acts_is_validated_and_refuses_an_untrained_budget():
+    with pytest.raises(ValueError, match="distinct budgets"):
+        FlexProjectorConfig(budgets=[4, 4, 16], per_budget_norm=True)
+    with pytest.raises(ValueError, match="per_budget_norm must be true or false"):
+        FlexProjectorConfig(per_budget_norm="yes")
+    shared, processor = _flex_model("qwen3_vl")
+    per_budget, _ = _flex_model("qwen3_vl", per_budget_norm=True)
+    per_budget.load_state_dict(shared.state_dict(), strict=False)  # same weights; the per-budget table starts at 0
+    projector = per_budget.base_model.model.model.visual.flex_projector["default"]
+    assert projector.budget_affine.shape == (3, 2, projector.norm.normalized_shape[0])
+    assert not hasattr(shared.base_model.model.model.visual.flex_projector["default"].budget_affine, "shape")
+    batches = {b: _flex_batch("qwen3_vl", processor, b) for b in (4, 9)}
+    with torch.no_grad():
+        for b, batch in batches.items():  # zero-initialised: exactly the shared projector
+            torch.testing.assert_close(per_budget(**batch).logits, shared(**batch).logits, rtol=0, atol=0)
+        projector.budget_affine[0, 0].fill_(1.0)  # budget 4's scale only
+        changed = per_budget(**batches[4]).logits
+        assert not torch.allclose(changed, shared(**batches[4]).logits)
+        torch.testing.assert_close(per_budget(**batches[9]).logits, shared(**batches[9]).logits, rtol=0, atol=0)
+    with pytest.raises(BudgetError, match=r"per-budget normalisation for the budgets \[4, 9, 16\] only, not 1 "):
+        with torch.no_grad():
+            per_budget(**_flex_batch("qwen3_vl", processor, 1))
+
+
+def test_per_budget_affine_is_the_row_of_the_budget_after_the_shared_norm():
+    import torch.nn.functional as F
+
+    from adaptune.methods.flex_projector import FlexProjector
+
+    torch.manual_seed(0)
+    projector = FlexProjector(4, 5, norm_budgets=[1, 4])
+    with torch.no_grad():
+        projector.budget_affine.normal_()
+    grid = torch.randn(2, 4, 4, 4)
+    for row, (h, w) in enumerate([(1, 1), (2, 2)]):
+        x = pool_grid(grid, h, w).flatten(2).transpose(1, 2)
+        x = projector.norm(x) * (1 + projector.budget_affine[row, 0]) + projector.budget_affine[row, 1]
+        expected = projector.down(F.silu(projector.gate(x)) * projector.up(x))
+        torch.testing.assert_close(projector(grid, h, w), expected, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="distinct budgets"):
+        FlexProjector(4, 5, norm_budgets=[4, 4])
+    plain = FlexProjector(4, 5)
+    assert plain.budget_affine is None and not any("budget_affine" in k for k in plain.state_dict())
+
+
+def test_per_budget_norm_saves_and_loads_with_the_adapter(tmp_path):
+    model, processor = _flex_model("qwen3_vl", per_budget_norm=True)
+    projector = model.base_model.model.model.visual.flex_projector["default"]
+    with torch.no_grad():
+        projector.budget_affine.normal_()
+    batch = _flex_batch("qwen3_vl", processor, 16)
+    with torch.no_grad():
+        expected = model(**batch).logits
+    model.save_pretrained(tmp_path)
+    base, _ = build_tiny("qwen3_vl")
+    reloaded = PeftModel.from_pretrained(base, tmp_path).eval()
+    assert reloaded.peft_config["default"].per_budget_norm is True
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(**batch).logits, expected, rtol=0, atol=0)
+
+
 def test_deepstack_zero_mode_and_pool_mode_differ():
     batch_outputs = []
     for mode in ("pool", "zero"):

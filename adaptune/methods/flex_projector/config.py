@@ -39,6 +39,12 @@ class FlexProjectorConfig(PeftConfig):
     hidden_mult: int = field(default=3, metadata={
         "help": "SwiGLU width as a multiple of the vision width d: two Linear(d -> mult*d), then Linear(mult*d -> "
                 "d_llm)."})
+    per_budget_norm: bool = field(default=False, metadata={
+        "help": "Give each entry of `budgets` its own elementwise scale and shift after the shared LayerNorm "
+                "(2 x vision width parameters per budget, zero-initialised, so training starts from the shared "
+                "projector). The pooled statistics differ between a 2 x 2 and a 4 x 4 grid; this lets each budget "
+                "re-centre them. Budgets must then be distinct, and a budget outside `budgets` is refused at run "
+                "time (it has no trained scale)."})
     deepstack: Literal["pool", "zero"] = field(default="pool", metadata={
         "help": "Qwen3-VL deepstack taps: 'pool' resizes/pools each tap's patch grid to (2h, 2w) with the same "
                 "resize + average pooling and feeds the frozen deepstack merger, so it lands on the same h x w token "
@@ -69,6 +75,10 @@ class FlexProjectorConfig(PeftConfig):
                              f"{len(self.budget_weights)} weights")
         if any(w < 0 for w in self.budget_weights) or sum(self.budget_weights) <= 0:
             raise ValueError(f"budget_weights must be >= 0 with a positive sum, got {self.budget_weights}")
+        if not isinstance(self.per_budget_norm, bool):
+            raise ValueError(f"per_budget_norm must be true or false, got {self.per_budget_norm!r}")
+        if self.per_budget_norm and len(set(self.budgets)) != len(self.budgets):
+            raise ValueError(f"per_budget_norm needs distinct budgets (one scale and shift each), got {self.budgets}")
         if self.hidden_mult < 1:
             raise ValueError(f"hidden_mult must be >= 1, got {self.hidden_mult}")
         if self.deepstack not in DEEPSTACK_MODES:

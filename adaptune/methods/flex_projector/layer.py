@@ -22,6 +22,7 @@ With the adapter disabled both layers call the original module untouched, so out
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -45,19 +46,36 @@ def pool_grid(grid: torch.Tensor, h: int, w: int) -> torch.Tensor:
 
 
 class FlexProjector(nn.Module):
-    """Pool to an h x w grid, LayerNorm, SwiGLU: (B, d, H, W) -> (B, h*w, out_dim), tokens row by row."""
+    """Pool to an h x w grid, LayerNorm, SwiGLU: (B, d, H, W) -> (B, h*w, out_dim), tokens row by row.
 
-    def __init__(self, in_dim: int, out_dim: int, hidden_mult: int = 3) -> None:
+    `norm_budgets` (the config's `budgets` when `per_budget_norm` is on): after the shared LayerNorm, tokens at budget
+    N = h*w get their own elementwise scale and shift, `x * (1 + budget_affine[i, 0]) + budget_affine[i, 1]` with i the
+    position of N in `norm_budgets`. The table starts at zero, so a fresh projector computes exactly what the shared
+    one does; a budget outside `norm_budgets` has no row and is refused.
+    """
+
+    def __init__(self, in_dim: int, out_dim: int, hidden_mult: int = 3, norm_budgets: Sequence[int] = ()) -> None:
         super().__init__()
         hidden = hidden_mult * in_dim
         self.norm = nn.LayerNorm(in_dim)
         self.gate = nn.Linear(in_dim, hidden)
         self.up = nn.Linear(in_dim, hidden)
         self.down = nn.Linear(hidden, out_dim)
+        self.norm_budgets = [int(b) for b in norm_budgets]
+        if len(set(self.norm_budgets)) != len(self.norm_budgets):
+            raise ValueError(f"per-budget normalisation needs distinct budgets, got {self.norm_budgets}")
+        self.budget_affine = nn.Parameter(torch.zeros(len(self.norm_budgets), 2, in_dim)) if self.norm_budgets else None
 
     def forward(self, grid: torch.Tensor, h: int, w: int) -> torch.Tensor:
         tokens = pool_grid(grid, h, w).flatten(2).transpose(1, 2)
         tokens = self.norm(tokens)
+        if self.budget_affine is not None:
+            if h * w not in self.norm_budgets:
+                raise BudgetError(f"this TokenFLEX projector has per-budget normalisation for the budgets "
+                                  f"{self.norm_budgets} only, not {h * w} ({h} x {w}) tokens: evaluate at a trained "
+                                  "budget, or train with that budget in `budgets`")
+            scale, shift = self.budget_affine[self.norm_budgets.index(h * w)]
+            tokens = tokens * (1 + scale) + shift
         return self.down(F.silu(self.gate(tokens)) * self.up(tokens))
 
 
@@ -101,8 +119,9 @@ class _FlexLayerMixin(BaseTunerLayer):
         self._vision_grid: torch.Tensor | None = None
         self._placeholders: int | None = None
 
-    def update_layer(self, adapter_name: str, in_dim: int, out_dim: int, hidden_mult: int) -> None:
-        projector = FlexProjector(in_dim, out_dim, hidden_mult)
+    def update_layer(self, adapter_name: str, in_dim: int, out_dim: int, hidden_mult: int,
+                     norm_budgets: Sequence[int] = ()) -> None:
+        projector = FlexProjector(in_dim, out_dim, hidden_mult, norm_budgets)
         weight = next(self.base_layer.parameters(), None)
         if weight is not None:
             projector.to(device=weight.device, dtype=weight.dtype if weight.is_floating_point() else None)
@@ -146,11 +165,11 @@ class FlexProjectorLayer(_FlexLayerMixin, nn.Module):
     """
 
     def __init__(self, base_layer: nn.Module, adapter_name: str, in_dim: int, out_dim: int, hidden_mult: int,
-                 default_divisor: int = 1) -> None:
+                 default_divisor: int = 1, norm_budgets: Sequence[int] = ()) -> None:
         super().__init__()
         self._init_flex(base_layer)
         self.default_divisor = default_divisor
-        self.update_layer(adapter_name, in_dim, out_dim, hidden_mult)
+        self.update_layer(adapter_name, in_dim, out_dim, hidden_mult, norm_budgets)
 
     def _patch_grid(self, features: torch.Tensor) -> tuple[torch.Tensor, int]:
         rows = features.shape[1]
@@ -229,14 +248,14 @@ class FlexVisionTowerLayer(_FlexLayerMixin, nn.Module):
     """
 
     def __init__(self, base_layer: nn.Module, adapter_name: str, hidden_mult: int, deepstack: str = "pool",
-                 windowed: bool = False) -> None:
+                 windowed: bool = False, norm_budgets: Sequence[int] = ()) -> None:
         super().__init__()
         self._init_flex(base_layer)
         self.deepstack = deepstack
         self.windowed = windowed
         cfg = base_layer.config
         self.merge = int(cfg.spatial_merge_size)
-        self.update_layer(adapter_name, int(cfg.hidden_size), int(cfg.out_hidden_size), hidden_mult)
+        self.update_layer(adapter_name, int(cfg.hidden_size), int(cfg.out_hidden_size), hidden_mult, norm_budgets)
 
     def forward(self, hidden_states: torch.Tensor, grid_thw: torch.Tensor | None = None, **kwargs: Any):
         projector = self._active_projector()

@@ -116,16 +116,17 @@ class FlexProjectorModel(BaseTuner):
                             target_name: str, parent: nn.Module, current_key: str,
                             parameter_name: str | None = None) -> None:
         geo = self._flex_geometry
+        norm_budgets = peft_config.budgets if peft_config.per_budget_norm else ()
         if isinstance(target, _FlexLayerMixin):
-            target.update_layer(adapter_name, geo["in_dim"], geo["out_dim"], peft_config.hidden_mult)
+            target.update_layer(adapter_name, geo["in_dim"], geo["out_dim"], peft_config.hidden_mult, norm_budgets)
             return
         family = peft_config.base_family
         if family in ("qwen3_vl", "qwen2_5_vl"):
             layer = FlexVisionTowerLayer(target, adapter_name, peft_config.hidden_mult, peft_config.deepstack,
-                                         windowed=family == "qwen2_5_vl")
+                                         windowed=family == "qwen2_5_vl", norm_budgets=norm_budgets)
         else:
             layer = FlexProjectorLayer(target, adapter_name, geo["in_dim"], geo["out_dim"], peft_config.hidden_mult,
-                                       default_divisor=geo["divisor"])
+                                       default_divisor=geo["divisor"], norm_budgets=norm_budgets)
         self._replace_module(parent, target_name, layer, target)
 
     # ---------------------------------------------------------------------------------------- merge / unload
