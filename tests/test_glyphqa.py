@@ -5,6 +5,7 @@ Run: .venv/bin/python -m pytest tests/test_glyphqa.py -q   (a few seconds on 2 C
 
 from __future__ import annotations
 
+import re
 import runpy
 from dataclasses import replace
 from pathlib import Path
@@ -284,3 +285,58 @@ def test_build_script_is_not_a_package_and_builds(tmp_path):
     (folder / "dataset_dict.json").write_text("{}")  # a save_to_disk copy in the way is refused, not mixed in
     with pytest.raises(FileExistsError, match="save_to_disk"):
         script["main"](args)
+
+
+# ------------------------------------------------------------------------------------------ bounds at their edges
+
+
+def test_every_config_bound_accepts_its_edge():
+    small_config(num_validation=0, num_test=0, center_jitter=0, position_margin=0, max_position_questions=0,
+                 fine_fraction=0.0, color_jitter=0, background_jitter=0, min_shapes=1, max_shapes=1,
+                 big_radius=(20.0, 20.0), small_radius=(8.0, 8.0), num_images=1)
+    small_config(fine_fraction=1.0, large_digit_fraction=1.0, color_jitter=30, background_jitter=60, min_shapes=3,
+                 max_shapes=3, layout="quadrants")
+    small_config(layout="quadrants", max_shapes=4)
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    ({"num_validation": -1}, "num_validation=-1: must be >= 0"),
+    ({"center_jitter": -1}, "center_jitter=-1: must be >= 0"),
+    ({"position_margin": -1}, "position_margin=-1: must be >= 0"),
+    ({"max_position_questions": -1}, "max_position_questions=-1: must be >= 0"),
+    ({"fine_fraction": 1.01}, "fine_fraction=1.01: must be a fraction in [0, 1]"),
+    ({"large_digit_fraction": -0.01}, "large_digit_fraction=-0.01: must be a fraction in [0, 1]"),
+    ({"large_digit_fraction": 1.01}, "large_digit_fraction=1.01: must be a fraction in [0, 1]"),
+    ({"patch_size": 0}, "image_size=128: must be a positive multiple of patch_size=0"),
+    ({"image_size": 8, "patch_size": 16}, "image_size=8: must be a positive multiple of patch_size=16"),
+    ({"color_jitter": 31}, "color_jitter=31: must be in [0, 30]"),
+    ({"color_jitter": -1}, "color_jitter=-1: must be in [0, 30]"),
+    ({"background_jitter": 61}, "background_jitter=61: must be in [0, 60]"),
+    ({"background_jitter": -1}, "background_jitter=-1: must be in [0, 60]"),
+    ({"shapes": ("circle", "circle")}, "shapes=('circle', 'circle'): need distinct names from circle, square"),
+    ({"shapes": ()}, "shapes=(): need distinct names"),
+    ({"shapes": ("circle", "hexagon")}, "shapes=('circle', 'hexagon'): need distinct names"),
+    ({"colors": ()}, "colors=(): need distinct names from red"),
+    ({"coarse_qtypes": ()}, "coarse_qtypes=(): need distinct names"),
+    ({"coarse_qtypes": ("count_total", "count_total")}, "coarse_qtypes=('count_total', 'count_total'): need"),
+    ({"min_shapes": 0}, "min_shapes=0: need 1 <= min_shapes <= max_shapes=5"),
+    ({"big_radius": (0.0, 20.0)}, "big_radius=(0.0, 20.0): need 0 < low <= high"),
+    ({"big_radius": (21.0, 20.0)}, "big_radius=(21.0, 20.0): need 0 < low <= high"),
+    ({"small_radius": (9.0, 8.0)}, "small_radius=(9.0, 8.0): need 0 < low <= high"),
+])
+def test_each_bound_refuses_just_past_its_edge(overrides, message):
+    with pytest.raises(ValueError, match="GlyphQAConfig." + re.escape(message)):
+        small_config(**overrides)
+
+
+def test_patch_centres_keep_the_whole_jittered_shape_on_the_canvas_edges_included():
+    from adaptune.data.glyphqa import _patch_centres
+
+    circles = small_config(shapes=("circle",), center_jitter=0)  # bound = radius + 1 px
+    assert _patch_centres(circles, 23.0) == [24, 40, 56, 72, 88]  # 24 - 24 = 0 is on the canvas; 104 + 24 = 128 not
+    assert _patch_centres(circles, 22.0) == [24, 40, 56, 72, 88, 104]  # 104 + 23 = 127, the last pixel
+    assert _patch_centres(circles, 15.0, 32) == [16, 48, 80]  # half-resolution patch centres: 16 + 32k
+    jittered = small_config(shapes=("circle",), center_jitter=2)
+    assert _patch_centres(jittered, 21.0) == [24, 40, 56, 72, 88]  # the jitter widens the bound
+    stars = small_config(shapes=("circle", "star"), center_jitter=0)  # the widest allowed shape counts
+    assert _patch_centres(stars, 18.4) == [24, 40, 56, 72, 88]  # 1.25 * 18.4 + 1 = 24

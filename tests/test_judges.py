@@ -324,7 +324,68 @@ def test_registry_and_builder() -> None:
         build_judge({"name": "rule", "bogus": 1})
     with pytest.raises(KeyError, match="known"):
         build_judge("nope")
-    assert build_judge({"name": "openai", "on_failure": "fallback", "trust_env": False}).fallback is not None
+    judge = build_judge({"name": "openai", "on_failure": "fallback", "trust_env": False})
+    assert isinstance(judge.primary, OpenAIJudge) and judge.on_failure == "fallback"
+    assert isinstance(judge.fallback, FailurePolicyJudge) and isinstance(judge.fallback.primary, RuleJudge)
+    assert judge.fallback.on_failure == "drop" and judge.fallback.fallback is None
+
+
+@pytest.mark.parametrize("spec", [None, "rule", {}, {"name": "rule"}, {"name": "rule", "on_failure": "drop"}])
+def test_build_judge_defaults_to_the_rule_judge_dropping_failures(spec) -> None:
+    judge = build_judge(spec)
+    assert isinstance(judge, FailurePolicyJudge) and isinstance(judge.primary, RuleJudge)
+    assert judge.on_failure == "drop" and judge.fallback is None
+    assert judge.primary.config == RuleJudgeConfig()
+
+
+def test_build_judge_passes_a_judge_through_and_refuses_other_objects() -> None:
+    judge = build_judge("rule")
+    assert build_judge(judge) is judge
+    bare = RuleJudge()
+    assert build_judge(bare) is bare  # a judge without a policy wrapper is used as it is
+    with pytest.raises(TypeError, match="cannot build a judge from int"):
+        build_judge(5)
+    with pytest.raises(TypeError, match="cannot build a judge from list"):
+        build_judge(["rule"])
+
+    class OnlyScore:  # a judge needs both `score` and `stats`
+        async def score(self, items):
+            return []
+
+    with pytest.raises(TypeError, match="cannot build a judge from OnlyScore"):
+        build_judge(OnlyScore())
+
+
+def test_build_judge_reads_backend_options_and_a_nested_fallback_section() -> None:
+    judge = build_judge({"name": "rule", "rel_tol": 0.25, "on_failure": "zero"})
+    assert judge.on_failure == "zero" and judge.fallback is None
+    assert judge.primary.config == RuleJudgeConfig(rel_tol=0.25)
+    nested = build_judge({"name": "openai", "trust_env": False, "on_failure": "fallback",
+                          "fallback": {"name": "rule", "rel_tol": 0.1, "on_failure": "zero"}})
+    assert nested.fallback.primary.config == RuleJudgeConfig(rel_tol=0.1) and nested.fallback.on_failure == "zero"
+    # a fallback section is built even when the policy does not use it (drop): no silent discard of its errors
+    with pytest.raises(ValueError, match="bogus"):
+        build_judge({"name": "rule", "fallback": {"name": "rule", "bogus": 1}})
+    kept = build_judge({"name": "rule", "fallback": "rule"})
+    assert kept.on_failure == "drop" and isinstance(kept.fallback.primary, RuleJudge)
+
+
+def test_build_judge_takes_an_omegaconf_section_with_interpolations() -> None:
+    from omegaconf import OmegaConf
+
+    recipe = OmegaConf.create({"tol": 0.2, "judge": {"name": "rule", "rel_tol": "${tol}",
+                                                     "on_failure": "fallback", "fallback": {"name": "rule"}}})
+    judge = build_judge(recipe.judge)
+    assert judge.primary.config == RuleJudgeConfig(rel_tol=0.2)
+    assert isinstance(judge.fallback.primary, RuleJudge) and judge.fallback.primary.config == RuleJudgeConfig()
+    assert build_judge(OmegaConf.create({"name": "rule"})).primary.config == RuleJudgeConfig()
+    listed = build_judge(OmegaConf.create({"name": "rule", "methods": ["exact"]})).primary.config.methods
+    assert type(listed) is list and listed == ["exact"]  # plain containers, not OmegaConf's ListConfig
+
+
+def test_unknown_backend_key_names_the_backend() -> None:
+    with pytest.raises(ValueError, match=r"unknown judge 'rule' key\(s\) \['bogus'\] for RuleJudgeConfig"):
+        build_judge({"name": "rule", "bogus": 1})
 
 
 def test_sync_wrapper_inside_running_loop() -> None:
