@@ -72,3 +72,35 @@ def test_data_memory_bench_smoke():
     assert out.returncode == 0, out.stderr[-2000:]
     assert "GRPO rows (Dataset.map)    per 1,000 rows (10 -> 40)" in out.stdout
     assert "decoded list (old peak)    per 1,000 rows (10 -> 40)" in out.stdout
+
+
+def test_generalisation_smoke(tmp_path):
+    """benchmarks/generalisation.py with the shipped policy on 2 shifted sets of 8 questions: JSON and markdown table
+    written, every method on every set, the oracle never below always-low or the tool path (it picks per question)."""
+    script = str(ROOT / "benchmarks" / "generalisation.py")
+    bad = subprocess.run([sys.executable, script, "--sets", "reference,no-such-set", "--out", str(tmp_path / "x")],
+                         capture_output=True, text=True, timeout=300)
+    assert bad.returncode != 0 and "no-such-set" in bad.stderr and not (tmp_path / "x.json").exists()
+    out = subprocess.run([sys.executable, script, "--num", "8", "--sets", "reference,all-large", "--out",
+                          str(tmp_path / "gen")], capture_output=True, text=True, timeout=600,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert out.returncode == 0, out.stderr[-2000:]
+    result = json.loads((tmp_path / "gen.json").read_text())
+    assert list(result["sets"]) == ["reference", "all-large"] and result["num"] == 8 and result["seeds"] == [0]
+    assert result["sets"]["all-large"]["config"] == {"large_digit_fraction": 1.0}
+    for name, entry in result["sets"].items():
+        methods = entry["results"]["0"]["methods"]
+        assert set(methods) == {"policy", "low", "full", "resize_all", "oracle"}, name
+        assert all(cells["all"]["n"] == 8 for cells in methods.values())
+        assert methods["low"]["all"]["visual_tokens"] == 4 and methods["full"]["all"]["visual_tokens"] == 16
+        oracle = methods["oracle"]["all"]["accuracy"]
+        assert oracle >= max(methods["low"]["all"]["accuracy"], methods["resize_all"]["all"]["accuracy"])
+        groups = methods["policy"]
+        assert groups["needs full"]["n"] + groups["low suffices"]["n"] == 8
+    assert "fine/small digit" not in result["sets"]["all-large"]["results"]["0"]["methods"]["policy"]
+    table = (tmp_path / "gen.md").read_text()
+    assert "| set | n | policy acc |" in table and "| all-large | 8 |" in table and table.strip() in out.stdout
+    (tmp_path / "gen.md").unlink()  # --render rebuilds the same table from the JSON alone
+    again = subprocess.run([sys.executable, script, "--render", str(tmp_path / "gen.json")], capture_output=True,
+                           text=True, timeout=300)
+    assert again.returncode == 0 and (tmp_path / "gen.md").read_text() == table, again.stderr[-2000:]
