@@ -340,3 +340,32 @@ def test_patch_centres_keep_the_whole_jittered_shape_on_the_canvas_edges_include
     assert _patch_centres(jittered, 21.0) == [24, 40, 56, 72, 88]  # the jitter widens the bound
     stars = small_config(shapes=("circle", "star"), center_jitter=0)  # the widest allowed shape counts
     assert _patch_centres(stars, 18.4) == [24, 40, 56, 72, 88]  # 1.25 * 18.4 + 1 = 24
+
+
+# What the generator draws for a fixed seed, minus the pixels (which depend on Pillow's rasteriser): scenes,
+# questions, answers, digit sizes and positions, captions. The embedded default, the shipped policy and every
+# documented figure were made from these rows, so a change here silently changes all of them. If a change is
+# intended, record the new fingerprints and say so in the changelog; the mutation run (tools/mutate.py glyphqa)
+# relies on this test to catch sampling changes that keep every row valid.
+FROZEN = {
+    "default": ({}, "60d204962d896f76"),
+    "two-sizes+jitter": ({"large_digit_fraction": 0.5, "color_jitter": 30, "background_jitter": 60},
+                         "94811d6d6322aeed"),
+    "quadrants+binding": ({"layout": "quadrants", "max_shapes": 4, "coarse_qtypes": (
+        "count_total", "count_color", "color_of_shape", "shape_of_color", "relative_position")}, "65f285e271c6f45a"),
+    "many+star": ({"shapes": ("circle", "square", "triangle", "star"), "min_shapes": 4, "max_shapes": 7,
+                   "digit_px": 9}, "b7b0574094a7dd78"),
+}
+
+
+@pytest.mark.parametrize("name", list(FROZEN))
+def test_generated_rows_are_frozen_for_a_seed(name):
+    import hashlib
+    import json
+
+    overrides, expected = FROZEN[name]
+    rows = build_split(GlyphQAConfig(seed=3, **overrides), "test", num_images=16, fine_fraction=0.5)
+    data = [{k: v for k, v in row.items() if k != "image"} for row in rows]
+    text = json.dumps(data, sort_keys=True, default=str)
+    assert hashlib.sha256(text.encode()).hexdigest()[:16] == expected, (
+        f"GlyphQA rows for {name!r} changed (first row: {data[0]})")
