@@ -381,3 +381,19 @@ def test_metadata_of_an_older_adaptune_without_some_fields_still_loads(adapter_d
         del meta[key]
     (adapter_dir / "adaptune.json").write_text(json.dumps(meta))
     assert isinstance(load_adapter(build_tiny("qwen3_vl", seed=0)[0], adapter_dir), PeftModel)
+
+
+def test_save_records_the_family_of_the_base_under_the_peft_wrapper(tmp_path):
+    """The family comes from the base model inside the PEFT wrapper (the wrapper itself has no family), and a save
+    without a state_dict writes the module's own weights."""
+    model, _ = build_tiny("qwen3_vl", seed=0)
+    peft_model = get_peft_model(model, LoraConfig(r=2, target_modules=["q_proj"]))
+    path = save_adapter(peft_model, tmp_path / "adapter", source="tiny:qwen3_vl")
+    meta = json.loads((path / "adaptune.json").read_text())
+    assert meta["family"] == "qwen3_vl" and meta["source"] == "tiny:qwen3_vl"
+    assert meta["base"]["model_type"] == "qwen3_vl"
+    own = {k: v for k, v in peft_model.state_dict().items() if "lora_A" in k}
+    saved = load_file(path / "adapter_model.safetensors")
+    assert len(saved) == 2 * len(own) and all(
+        torch.equal(saved[k.replace(".default", "")], v) for k, v in own.items())
+    assert "qwen3_vl" in (path / "README.md").read_text()
