@@ -53,7 +53,9 @@ CORE: dict[str, tuple[str, list[str]]] = {
     "judges.base": ("adaptune/rl/judges/base.py", ["tests/test_judge_base.py", "tests/test_judges.py",
                                                    "tests/test_boundaries.py"]),
     "judges.rule": ("adaptune/rl/judges/rule.py", ["tests/test_judges.py", "tests/test_boundaries.py"]),
-    "judges.prompt": ("adaptune/rl/judges/prompt.py", ["tests/test_judges.py", "tests/test_boundaries.py"]),
+    # test_judge_constrained.py: the one-word reply format and parse_choice of the constrained / choice verdicts
+    "judges.prompt": ("adaptune/rl/judges/prompt.py", ["tests/test_judges.py", "tests/test_boundaries.py",
+                                                       "tests/test_judge_constrained.py"]),
     # the interpreter-exit test times a child interpreter (60 s): on a loaded machine it fails before any mutant
     "judges.init": ("adaptune/rl/judges/__init__.py", [
         "tests/test_judges.py", "tests/test_boundaries.py",
