@@ -33,6 +33,7 @@ import os
 import statistics
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -162,13 +163,18 @@ def _fmt(value: Any, digits: int = 2) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
+def _seed_results(sets: dict[str, Any], seed: int) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(set name, that seed's results) for every set that has the seed."""
+    for name, entry in sets.items():
+        res = entry["results"].get(str(seed))
+        if res is not None:
+            yield name, res
+
+
 def headline_rows(sets: dict[str, Any], seed: int) -> list[dict[str, str]]:
     """One row per set: accuracy (tokens) of each method, the policy's resize rates per group (n)."""
     out = []
-    for name, entry in sets.items():
-        res = entry["results"].get(str(seed))
-        if res is None:
-            continue
+    for name, res in _seed_results(sets, seed):
         m = res["methods"]
         row = {"set": name, "n": str(res["n"])}
         for method in ("policy", "oracle"):
@@ -186,10 +192,7 @@ def headline_rows(sets: dict[str, Any], seed: int) -> list[dict[str, str]]:
 def kind_rows(sets: dict[str, Any], seed: int) -> list[dict[str, str]]:
     """One row per set: accuracy of policy / always-low / always-full / oracle on coarse, small and large digits."""
     out = []
-    for name, entry in sets.items():
-        res = entry["results"].get(str(seed))
-        if res is None:
-            continue
+    for name, res in _seed_results(sets, seed):
         row = {"set": name}
         for group, label in RESIZE_GROUPS[:3]:
             values = [_fmt(_cell(res["methods"], method, group, "accuracy")) for method in ("policy", "low", "full",
