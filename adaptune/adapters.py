@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -120,9 +121,10 @@ def save_adapter(model: Any, path: str | Path, state_dict: dict[str, Any] | None
 
 
 def _version_tuple(version: str) -> tuple[int, ...]:
+    """The first three dot-separated numbers; each is its piece's leading digits ("4rc1" is 4, "x" is 0)."""
     parts = []
     for piece in version.split(".")[:3]:
-        digits = "".join(ch for ch in piece if ch.isdigit())
+        digits = re.match(r"\d*", piece.strip()).group()
         parts.append(int(digits or 0))
     return tuple(parts)
 

@@ -163,6 +163,18 @@ def test_question_reference_and_answer_are_all_quoted_as_data():
     assert quote_block("X", "") == "BEGIN X\n| \nEND X"
 
 
+def test_the_reply_format_follows_reply_and_anything_else_is_refused():
+    """`reply="line"` (the default) asks for a final VERDICT line, `"word"` for the bare word; others are refused."""
+    line, word = build_user_prompt("q", ["r"], "a"), build_user_prompt("q", ["r"], "a", reply="word")
+    assert line == build_user_prompt("q", ["r"], "a", reply="line")
+    assert line.endswith('write nothing after it.') and "final line" in line and "exactly one word" not in line
+    assert word.endswith("CORRECT or INCORRECT, and nothing else.") and "final line" not in word
+    assert line.split("END CANDIDATE ANSWER")[0] == word.split("END CANDIDATE ANSWER")[0]  # the same quoted data
+    for bad in ("LINE", "words", ""):
+        with pytest.raises(ValueError, match=rf"reply must be 'line' or 'word', got {bad!r}"):
+            build_user_prompt("q", ["r"], "a", reply=bad)
+
+
 # ----------------------------------------------------------------------------------------------- rewards
 
 
@@ -873,6 +885,84 @@ def test_run_lock_helpers(tmp_path):
     assert lock_file.exists()
 
 
+def _flock_then(action, times: int):
+    """`fcntl.flock` that, for its first `times` calls, does `action()` right after locking: what another run that
+    releases its lock (unlinking the file) or takes a new one does between our `open` and our `fstat`."""
+    import fcntl
+
+    real, calls = fcntl.flock, []
+
+    def flock(fd, op):
+        real(fd, op)
+        calls.append(fd)
+        if len(calls) <= times:
+            action()
+
+    return flock, calls
+
+
+@pytest.mark.parametrize("recreate", [False, True])
+def test_a_lock_file_replaced_after_we_locked_it_is_retried(tmp_path, recreate):
+    """The file we locked was unlinked (and maybe re-created by another run) before we checked it: our lock is on an
+    orphan, so the fd is closed and the lock taken again on the file that is at the path now."""
+    import fcntl
+
+    from adaptune.train.rundir import LOCK, RunLock
+
+    lock_file = tmp_path / LOCK
+
+    def replace() -> None:
+        lock_file.unlink()
+        if recreate:
+            lock_file.write_text("")
+
+    flock, calls = _flock_then(replace, times=1)
+    lock = RunLock(tmp_path)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(fcntl, "flock", flock)
+        lock.acquire()
+    try:
+        assert len(calls) == 2 and lock.fd == calls[1]  # locked twice: the second lock is the one kept
+        assert os.fstat(lock.fd).st_ino == os.stat(lock_file).st_ino  # the lock is on the file at the path
+        assert int(lock_file.read_text().split()[0]) == os.getpid()
+        if calls[0] != calls[1]:  # the orphan's fd was closed (the number may be reused by the retry)
+            with pytest.raises(OSError):
+                os.fstat(calls[0])
+    finally:
+        lock.release()
+
+
+def test_twenty_lost_races_give_up_with_the_lock_path(tmp_path):
+    import fcntl
+
+    from adaptune.train.rundir import LOCK, RunDirError, RunLock
+
+    flock, calls = _flock_then(lambda: (tmp_path / LOCK).unlink(), times=10**6)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(fcntl, "flock", flock)
+        with pytest.raises(RunDirError, match=rf"^could not take the lock {re.escape(str(tmp_path / LOCK))}$"):
+            RunLock(tmp_path).acquire()
+    assert len(calls) == 20
+
+
+def test_a_pid_lock_that_vanishes_before_release_unlinks_it_is_fine(tmp_path, monkeypatch):
+    """Without flock, release reads the pid, then unlinks: another process may remove the file in between."""
+    from adaptune.train import rundir
+    from adaptune.train.rundir import LOCK, RunLock
+
+    lock = RunLock(tmp_path)
+    lock._acquire_by_pid()
+
+    def read_then_vanish(path):
+        pid = int(path.read_text().split()[0])
+        path.unlink()
+        return pid
+
+    monkeypatch.setattr(rundir, "_pid_of", read_then_vanish)
+    lock.release()
+    assert not (tmp_path / LOCK).exists() and str(tmp_path.resolve()) not in rundir.held_locks()
+
+
 def test_restart_clean_marker_and_protected_folders(tmp_path, caplog):
     import logging
     import time
@@ -1071,3 +1161,19 @@ def test_zero_std_uses_the_sample_standard_deviation():
     asyncio.run(reward(prompts=["a", "a", "b", "b", "b"], completions=[DIRECT.format("4")] * 5, answer=["4"] * 5,
                        log_metric=lambda k, v: metrics.__setitem__(k, v)))
     assert metrics["visionthink/zero_std_groups"] == 0.5
+
+
+def test_a_group_whose_std_is_exactly_the_tolerance_is_not_zero_variance():
+    """"Zero variance" is a sample std strictly below 1e-4. With the format weight at 0 a direct answer's reward is
+    its judge score, and the scores 0 and 1.4142135623730951e-4 have a sample std of exactly 1e-4 in floating point
+    (one step lower, just below it)."""
+    import math
+
+    spread = 1.4142135623730951e-4
+    for high, expected in ((spread, 0.0), (math.nextafter(spread, 0.0), 1.0)):
+        metrics = {}
+        reward = make_visionthink_reward(judge=FixedJudge([0.0, high]), format_weight=0.0, max_dropped_share=None)
+        rewards = asyncio.run(reward(prompts=["a", "a"], completions=[DIRECT.format("4")] * 2, answer=["4"] * 2,
+                                     log_metric=lambda k, v: metrics.__setitem__(k, v)))
+        assert rewards == [0.0, high]  # the rewards are the scores, so their std is the one computed here
+        assert metrics["visionthink/zero_std_groups"] == expected, high

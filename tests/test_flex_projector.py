@@ -216,9 +216,22 @@ def test_per_budget_norm_acts_is_validated_and_refuses_an_untrained_budget():
         changed = per_budget(**batches[4]).logits
         assert not torch.allclose(changed, shared(**batches[4]).logits)
         torch.testing.assert_close(per_budget(**batches[9]).logits, shared(**batches[9]).logits, rtol=0, atol=0)
-    with pytest.raises(BudgetError, match=r"per-budget normalisation for the budgets \[4, 9, 16\] only, not 1 "):
+    with pytest.raises(BudgetError, match=r"per-budget normalisation for the budgets \[4, 9, 16\] only, not 1 "
+                                          r"\(1 x 1\) tokens: evaluate at a trained budget, or train with that "
+                                          r"budget in `budgets`$"):
         with torch.no_grad():
             per_budget(**_flex_batch("qwen3_vl", processor, 1))
+
+
+@pytest.mark.parametrize("family", ["llava", "smolvlm"])
+def test_per_budget_norm_reaches_the_projector_of_a_projector_family(family):
+    """LLaVA and SmolVLM replace their multimodal projector (not a Qwen vision tower): the option acts there too."""
+    from adaptune.methods.flex_projector import FlexProjector
+
+    model, _ = _flex_model(family, per_budget_norm=True)
+    projectors = [m for m in model.modules() if isinstance(m, FlexProjector)]
+    assert len(projectors) == 1 and projectors[0].norm_budgets == [4, 9, 16]
+    assert projectors[0].budget_affine.shape == (3, 2, projectors[0].norm.normalized_shape[0])
 
 
 def test_per_budget_affine_is_the_row_of_the_budget_after_the_shared_norm():

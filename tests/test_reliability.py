@@ -40,8 +40,13 @@ def test_good_adapter_loads(adapter_dir):
 def test_adapter_for_other_base_is_refused_before_loading(adapter_dir):
     other, _ = build_tiny("qwen3_vl", seed=0, text={"hidden_size": 96, "intermediate_size": 128})
     with pytest.raises(AdapterLoadError, match=r"another base model.*text_config\.hidden_size: adapter expects 64, "
-                                               r"model has 96"):
+                                               r"model has 96") as info:
         load_adapter(other, adapter_dir)
+    # the message names the family the adapter was trained on, then every differing field, "; "-separated
+    head, _, diffs = str(info.value).partition(" was trained on another base model (qwen3_vl); ")
+    assert head == f"adapter {adapter_dir}" and len(diffs.split("; ")) >= 2
+    assert all(re.fullmatch(r"[a-z_.]+: adapter expects \d+, model has \d+", d) for d in diffs.split("; "))
+    assert "text_config.hidden_size: adapter expects 64, model has 96" in diffs.split("; ")
     llava, _ = build_tiny("llava", seed=0)
     with pytest.raises(AdapterLoadError, match="model_type: adapter expects 'qwen3_vl', model has 'llava'"):
         load_adapter(llava, adapter_dir)
@@ -188,6 +193,8 @@ def test_version_tuple_reads_up_to_three_numbers():
     assert _version_tuple("0.2.0.dev4") == (0, 2, 0)
     assert _version_tuple("2") == (2,)
     assert _version_tuple("1.x.7") == (1, 0, 7)
+    assert _version_tuple("0.4rc1") == (0, 4) and _version_tuple("1.0a2.post3") == (1, 0, 0)  # not 41, not 2
+    assert _version_tuple("None") == (0,) == _version_tuple("")
 
 
 @pytest.mark.parametrize("saved, loads", [("0.1.99", True), ("0.0.5", True), ("0.1", True), ("0.2.0", False),
@@ -335,6 +342,15 @@ def test_adapter_config_values_are_checked_by_field(adapter_dir, change, message
         load_adapter(build_tiny("qwen3_vl", seed=0)[0], adapter_dir)
 
 
+@pytest.mark.parametrize("r, alpha", [(1, 1), (1, 0.5), (2, 1e-3)])
+def test_small_positive_rank_and_alpha_pass_the_config_check(adapter_dir, r, alpha):
+    """The bound is "positive": rank 1 and a fractional lora_alpha are valid LoRA settings."""
+    from adaptune.adapters import _check_adapter_config
+
+    config_file = adapter_dir / "adapter_config.json"
+    _check_adapter_config({**json.loads(config_file.read_text()), "r": r, "lora_alpha": alpha}, config_file)
+
+
 def test_adapter_config_accepts_a_regex_string_and_float_sizes(tmp_path):
     model = lora_on("qwen3_vl")
     with torch.no_grad():
@@ -396,4 +412,10 @@ def test_save_records_the_family_of_the_base_under_the_peft_wrapper(tmp_path):
     saved = load_file(path / "adapter_model.safetensors")
     assert len(saved) == 2 * len(own) and all(
         torch.equal(saved[k.replace(".default", "")], v) for k, v in own.items())
-    assert "qwen3_vl" in (path / "README.md").read_text()
+    card = (path / "README.md").read_text()
+    assert "`tiny:qwen3_vl`, a model built by adaptune's loader" in card and "(family `qwen3_vl`)" in card
+    assert "pipeline_tag: image-text-to-text" in card  # the family's kind (a VLM) picks the Hub's pipeline tag
+    # the JSON files a person reads and diffs (on the Hub too): two-space indented; adapter_config.json key-sorted
+    config_text, meta_text = (path / "adapter_config.json").read_text(), (path / "adaptune.json").read_text()
+    assert config_text == json.dumps(json.loads(config_text), indent=2, sort_keys=True) + "\n"
+    assert meta_text == json.dumps(meta, indent=2) + "\n"

@@ -456,3 +456,190 @@ def test_resolution_label_reward_from_a_recipe_entry() -> None:
     bad = parse_grpo_section(load_recipe(tiny, ["grpo.rewards=[{name: resolution_label, params: {colums: x}}]"]))
     with pytest.raises(RecipeError, match="colums"):
         build_rewards(bad.reward, bad.rewards, 2)
+
+
+# ---------------------------------------------------------------- the split parts: defaults a recipe reaches (issue 19)
+class ValueJudge(BaseJudge):
+    """Scores an answer by the number it is ("0.5" -> 0.5), whatever the reference: any verdict a test needs."""
+
+    async def score(self, items):
+        return [Verdict(float(i.answer)) for i in items]
+
+
+RESIZED_7 = [tool_turn(), TOOL_RESPONSE, answer_turn("7")]
+
+
+def test_split_parts_read_the_question_column_and_log_under_visionthink() -> None:
+    """A recipe that leaves out question_key / log_prefix gets the rows' `question` column (what `to_grpo_rows`
+    keeps) for the judge and `visionthink/*` metrics; the parts' means are TRL's to log, not logged twice."""
+    from adaptune.rl.rewards import make_visionthink_rewards
+
+    judge = CountingJudge()
+    rewards = make_visionthink_rewards(judge=judge, num_generations=2)
+    metrics: dict[str, float] = {}
+    scores = run(rewards.funcs[0](prompts=["p", "p"], completions=[answer_turn("7"), answer_turn("3")],
+                                  answer=["7", "7"], question=["How many dots?"] * 2, log_metric=metrics.__setitem__))
+    assert scores == [1.0, 0.0]
+    assert [i.question for i in judge.seen] == ["How many dots?"] * 2  # not the prompt, not the reference
+    assert metrics["visionthink/resize_rate"] == 0.0 and metrics["visionthink/dropped_groups"] == 0.0
+    assert not {"visionthink/accuracy", "visionthink/format", "visionthink/penalty"} & set(metrics)
+    # without a question column the judge gets the prompt's text
+    run(rewards.funcs[0](prompts=[[{"role": "user", "content": "What colour?"}]] * 2,
+                         completions=[answer_turn("7")] * 2, answer=["7", "7"]))
+    assert [i.question for i in judge.seen[2:]] == ["What colour?"] * 2
+
+
+def test_split_parts_read_a_renamed_reference_column() -> None:
+    """grpo.reward.reference_key names the column the judge compares with; a batch without it is an error."""
+    from adaptune.rl.rewards import make_visionthink_rewards
+
+    accuracy = make_visionthink_rewards(judge="rule", reference_key="solution").funcs[0]
+    assert run(accuracy(prompts=["p"], completions=[DIRECT], solution=["7"], answer=["3"])) == [1.0]
+    with pytest.raises(KeyError, match="'solution'"):
+        run(accuracy(prompts=["p"], completions=[[answer_turn("7")]], answer=["7"]))
+
+
+def test_split_penalty_groups_by_num_generations_even_when_prompts_repeat() -> None:
+    """Two prompts may have the same text (one question on two images): the groups are still chunks of
+    num_generations, each with its own penalty."""
+    from adaptune.rl.rewards import make_visionthink_rewards
+
+    penalty = make_visionthink_rewards(judge="rule", num_generations=2).funcs[2]
+    # group 1: both resized and right (r = 0: direct is penalised, there is none); group 2: r = 1, resized pays.
+    batch = [RESIZED_7, RESIZED_7, [answer_turn("7")], [tool_turn(), TOOL_RESPONSE, answer_turn("3")]]
+    assert run(penalty(prompts=["q"] * 4, completions=batch, answer=["7"] * 4)) == [0.0, 0.0, 0.0, -0.1]
+
+
+@pytest.mark.parametrize("part", [0, 1, 2])
+def test_each_split_part_alone_groups_by_prompt_without_num_generations(part: int) -> None:
+    """Whichever part TRL calls first scores the batch: with its prompts (groups of equal prompts when
+    num_generations is not given, the question from the prompt), so only the failed group is dropped."""
+    from adaptune.rl.rewards import make_visionthink_rewards
+
+    judge = CountingJudge()
+    func = make_visionthink_rewards(judge=judge).funcs[part]
+    batch = [[answer_turn("7")], RESIZED_7, [answer_turn("FAIL")], [answer_turn("7")]]
+    got = run(func(prompts=["a", "a", "b", "b"], completions=batch, answer=["7"] * 4))
+    assert got == [[1.0, 1.0, None, None], [1.0, 1.0, None, None], [0.0, -0.1, None, None]][part]
+    assert [i.question for i in judge.seen] == ["a", "a", "b", "b"]
+
+
+def test_split_resize_flag_comes_from_the_environment_then_from_resize_calls_only() -> None:
+    """A refused call (the environment says not resized) is a direct answer; a call to another tool is no resize."""
+    from adaptune.rl.rewards import make_visionthink_rewards
+
+    penalty = make_visionthink_rewards(judge="rule", num_generations=2).funcs[2]
+    metrics: dict[str, float] = {}
+    envs = [SimpleNamespace(resized=False), SimpleNamespace(resized=False)]  # no visual_tokens attribute
+    assert run(penalty(prompts=["a", "a"], completions=[RESIZED_7, [answer_turn("7")]], answer=["7", "7"],
+                       environments=envs, log_metric=metrics.__setitem__)) == [0.0, 0.0]
+    assert metrics["visionthink/resize_rate"] == 0.0 and "visionthink/visual_tokens" not in metrics
+    zoom = [parsed_tool_turn(name="zoom"), TOOL_RESPONSE, answer_turn("7")]
+    assert run(penalty(prompts=["a", "a"], completions=[zoom, [answer_turn("7")]], answer=["7", "7"])) == [0.0, 0.0]
+    assert run(penalty(prompts=["a", "a"], completions=[RESIZED_7, [answer_turn("7")]],
+                       answer=["7", "7"])) == [-0.1, 0.0]  # the same rollout with the resize tool does resize
+
+
+def test_split_format_checks_the_resize_arguments_unless_told_not_to() -> None:
+    """The default format wants the call's arguments to be exactly {"action": "resize"}; tool_arguments: null
+    accepts any arguments."""
+    from adaptune.rl.rewards import make_visionthink_rewards
+
+    shrink = [[parsed_tool_turn(args={"action": "shrink"}), TOOL_RESPONSE, answer_turn("7")]]
+    strict = make_visionthink_rewards(judge="rule").funcs[1]
+    loose = make_visionthink_rewards(judge="rule", tool_arguments=None).funcs[1]
+    assert run(strict(prompts=["p"], completions=shrink, answer=["7"])) == [0.0]
+    assert run(loose(prompts=["p"], completions=shrink, answer=["7"])) == [1.0]
+
+
+def test_split_parts_take_a_penalty_config_and_weights_and_expose_them() -> None:
+    """A `PenaltyConfig` object works as well as a mapping; `weights` replaces the default weights; each part
+    carries the shared scorer, judge (its counters) and penalty."""
+    from adaptune.rl.rewards import make_visionthink_rewards
+
+    config = PenaltyConfig(variant="official", weight=0.3)
+    rewards = make_visionthink_rewards(judge="rule", num_generations=2, penalty=config, weights=[2.0, 0.25, 1.0])
+    assert rewards.weights == [2.0, 0.25, 1.0]
+    scorer = rewards.funcs[0].scorer
+    assert scorer is not None and all(f.scorer is scorer for f in rewards.funcs)
+    assert all(f.judge is scorer.judge and f.penalty is config for f in rewards.funcs)
+    assert run(rewards.funcs[2](prompts=["a", "a"], completions=[RESIZED_7, [answer_turn("7")]],
+                                answer=["7", "7"])) == [-0.3, 0.0]
+
+
+def test_split_parts_refuse_unknown_parts_and_mismatched_weights() -> None:
+    """The errors name the bad part and the known ones, and the counts of functions and weights."""
+    import re
+
+    from adaptune.rl.rewards import RewardSet, make_visionthink_rewards
+
+    message = "unknown VisionThink reward part(s) ['bogus']; known: accuracy, format, resolution_penalty"
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        make_visionthink_rewards(judge="rule", parts=["accuracy", "bogus"])
+    with pytest.raises(ValueError, match="^3 reward functions but 1 weights$"):
+        make_visionthink_rewards(judge="rule", weights=[1.0])
+    with pytest.raises(ValueError, match="^1 reward functions but 0 weights$"):
+        RewardSet([len], [])
+
+
+def test_split_parts_abort_after_the_documented_five_calls_by_default() -> None:
+    """grpo.reward.dropped_window defaults to 5 (docs/reliability.md): four all-dropped calls pass, the fifth raises."""
+    from adaptune.rl.rewards import DroppedGroupsError, make_visionthink_rewards
+
+    accuracy = make_visionthink_rewards(judge=CountingJudge(), num_generations=2).funcs[0]
+    for _ in range(4):
+        assert run(accuracy(prompts=["a", "a"], completions=[[answer_turn("FAIL")], DIRECT], answer=["7", "7"])) \
+            == [None, None]
+    with pytest.raises(DroppedGroupsError, match="over the last 5 reward calls"):
+        run(accuracy(prompts=["a", "a"], completions=[[answer_turn("FAIL")], DIRECT], answer=["7", "7"]))
+
+
+def test_a_score_at_the_correct_threshold_counts_as_correct() -> None:
+    """correct_threshold 0.5 is inclusive (docs/methods.md: score >= 0.5): a 0.5 direct answer makes r = 1/2."""
+    from adaptune.rl.rewards import make_visionthink_rewards
+
+    penalty = make_visionthink_rewards(judge=ValueJudge(), num_generations=2).funcs[2]
+    batch = [[answer_turn("0.5")], [tool_turn(), TOOL_RESPONSE, answer_turn("1")]]
+    assert run(penalty(prompts=["a", "a"], completions=batch, answer=["x", "x"])) == [0.0, -0.1]
+
+
+def test_an_empty_batch_scores_nothing() -> None:
+    """No completions (and no prompts, no num_generations): an empty list, not an IndexError."""
+    assert run(make_visionthink_reward(judge="rule")(completions=[], answer=[])) == []
+    assert run(make_accuracy_reward(judge="rule")(completions=[], answer=[])) == []
+
+
+def test_visionthink_logging_of_group_shares_columns_and_digit_sizes() -> None:
+    """One kept group with equal rewards: dropped 0, zero-variance 1; a group of one is not a zero-variance group;
+    per-digit-size rates only for sizes of fine rows; every per-sample column goes to log_extra."""
+    reward = make_visionthink_reward(judge="rule", num_generations=2)
+    metrics: dict[str, float] = {}
+    extra: dict[str, list] = {}
+    run(reward(prompts=["a", "a"], completions=[DIRECT, DIRECT], answer=["7", "7"], log_metric=metrics.__setitem__,
+               log_extra=extra.__setitem__, kind=["fine", "coarse"], digit_size=["small", "large"]))
+    assert metrics["visionthink/dropped_groups"] == 0.0 and metrics["visionthink/zero_std_groups"] == 1.0
+    assert metrics["visionthink/resize_rate_small_digit"] == 0.0
+    assert "visionthink/resize_rate_large_digit" not in metrics  # the only large digit is on a coarse row
+    assert extra == {"visionthink_accuracy": [1.0, 1.0], "visionthink_format": [1.0, 1.0],
+                     "visionthink_resized": [0.0, 0.0]}
+    ragged = make_visionthink_reward(judge="rule")  # groups of equal prompts: "a" alone, "b" twice
+    run(ragged(prompts=["a", "b", "b"], completions=[DIRECT] * 3, answer=["7"] * 3, log_metric=metrics.__setitem__))
+    assert metrics["visionthink/zero_std_groups"] == 0.5
+
+
+def test_load_reward_object_tells_file_paths_from_modules(tmp_path: Path, monkeypatch) -> None:
+    """`x.py:f` (also relative), anything with / or \\ is a file; otherwise a module. Each failure says which."""
+    from adaptune.rl.rewards import load_reward_object
+
+    (tmp_path / "my_plugin.py").write_text("def fn(completions, **kwargs):\n    return [1.0] * len(completions)\n")
+    (tmp_path / "notes.txt").write_text("def fn(completions, **kwargs):\n    return []\n")
+    monkeypatch.chdir(tmp_path)
+    assert load_reward_object("my_plugin.py:fn")(completions=["a"]) == [1.0]
+    for spec, message in [
+        ("missing/plugin:fn", "missing/plugin does not exist$"),
+        ("missing\\plugin:fn", r"missing\\plugin does not exist$"),
+        (f"{tmp_path / 'notes.txt'}:fn", "cannot load .*notes.txt$"),
+        ("adaptune.rl.rewards", r"'adaptune.rl.rewards' names a module but no function; write 'module:function'$"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            load_reward_object(spec, where="grpo.rewards[0].name")
