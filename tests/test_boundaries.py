@@ -841,7 +841,12 @@ def test_run_lock_helpers(tmp_path):
     assert _pid_of(lock_file) is None
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    # the child takes the default action on every signal, even when this process ignores some (under `nohup`,
+    # SIGHUP is ignored and a child inherits that): any real signal sent by `_alive` would then end it
+    live = subprocess.Popen([sys.executable, "-c", "import signal, time\nfor s in signal.valid_signals():\n"
+                             "    try: signal.signal(s, signal.SIG_DFL)\n    except (OSError, ValueError): pass\n"
+                             "print('ready', flush=True)\ntime.sleep(30)"], stdout=subprocess.PIPE, text=True)
+    assert live.stdout.readline() == "ready\n"
     try:
         assert _alive(live.pid)
         with pytest.raises(subprocess.TimeoutExpired):  # asked with signal 0: the process is not touched
@@ -849,6 +854,7 @@ def test_run_lock_helpers(tmp_path):
     finally:
         live.kill()
         live.wait()
+        live.stdout.close()
     assert not _alive(dead.pid)
 
     def not_ours(pid, sig):
@@ -943,6 +949,34 @@ def test_twenty_lost_races_give_up_with_the_lock_path(tmp_path):
         with pytest.raises(RunDirError, match=rf"^could not take the lock {re.escape(str(tmp_path / LOCK))}$"):
             RunLock(tmp_path).acquire()
     assert len(calls) == 20
+
+
+def test_a_filesystem_without_flock_falls_back_to_the_pid_lock(tmp_path):
+    """`flock` failing with another OSError than "busy" (ENOLCK on some network mounts): the pid lock decides, and
+    the descriptor opened for flock is closed, not leaked."""
+    import errno
+    import fcntl
+    import socket
+
+    from adaptune.train.rundir import LOCK, RunLock
+
+    opened = []
+
+    def no_flock(fd, op):
+        opened.append(fd)
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    lock = RunLock(tmp_path)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(fcntl, "flock", no_flock)
+        lock.acquire()
+    try:
+        assert lock.fd is None and (tmp_path / LOCK).read_text() == f"{os.getpid()} {socket.gethostname()}\n"
+        with pytest.raises(OSError):
+            os.fstat(opened[0])
+    finally:
+        lock.release()
+    assert not (tmp_path / LOCK).exists()
 
 
 def test_a_pid_lock_that_vanishes_before_release_unlinks_it_is_fine(tmp_path, monkeypatch):

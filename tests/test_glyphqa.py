@@ -5,6 +5,7 @@ Run: .venv/bin/python -m pytest tests/test_glyphqa.py -q   (a few seconds on 2 C
 
 from __future__ import annotations
 
+import math
 import re
 import runpy
 from dataclasses import replace
@@ -27,9 +28,9 @@ from adaptune.data import (
 )
 from adaptune.budget import downsample
 from adaptune.eval.calibration import calibration, digit_crops, digit_separability
-from adaptune.data.glyphqa import POSITION_WORDS, render_scene, sample_scene
-from adaptune.data.glyphs import digit_extent
-from adaptune.data.shapes import COLORS, SHAPES, draw_shapes, rng_for, shape_mask
+from adaptune.data.glyphqa import POSITION_WORDS, GlyphScene, render_scene, sample_scene, scene_questions
+from adaptune.data.glyphs import digit_box, digit_extent, digit_mask
+from adaptune.data.shapes import COLORS, SHAPES, Shape, draw_shapes, rng_for, shape_mask
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -291,7 +292,7 @@ def test_build_script_is_not_a_package_and_builds(tmp_path):
 
 
 def test_every_config_bound_accepts_its_edge():
-    small_config(num_validation=0, num_test=0, center_jitter=0, position_margin=0, max_position_questions=0,
+    small_config(num_validation=0, num_test=0, center_jitter=0, position_margin=1, max_position_questions=0,
                  fine_fraction=0.0, color_jitter=0, background_jitter=0, min_shapes=1, max_shapes=1,
                  big_radius=(20.0, 20.0), small_radius=(8.0, 8.0), num_images=1)
     small_config(fine_fraction=1.0, large_digit_fraction=1.0, color_jitter=30, background_jitter=60, min_shapes=3,
@@ -302,7 +303,7 @@ def test_every_config_bound_accepts_its_edge():
 @pytest.mark.parametrize(("overrides", "message"), [
     ({"num_validation": -1}, "num_validation=-1: must be >= 0"),
     ({"center_jitter": -1}, "center_jitter=-1: must be >= 0"),
-    ({"position_margin": -1}, "position_margin=-1: must be >= 0"),
+    ({"position_margin": 0}, "position_margin=0: must be >= 1"),
     ({"max_position_questions": -1}, "max_position_questions=-1: must be >= 0"),
     ({"fine_fraction": 1.01}, "fine_fraction=1.01: must be a fraction in [0, 1]"),
     ({"large_digit_fraction": -0.01}, "large_digit_fraction=-0.01: must be a fraction in [0, 1]"),
@@ -355,6 +356,10 @@ FROZEN = {
         "count_total", "count_color", "color_of_shape", "shape_of_color", "relative_position")}, "65f285e271c6f45a"),
     "many+star": ({"shapes": ("circle", "square", "triangle", "star"), "min_shapes": 4, "max_shapes": 7,
                    "digit_px": 9}, "b7b0574094a7dd78"),
+    # an odd canvas (13 patches of 9 px): the quadrants' shared edge falls inside a pixel column (integer halves);
+    # changed on purpose when a big shape on the middle patch stopped being asked its side (it has none)
+    "odd-canvas+quadrants": ({"image_size": 117, "patch_size": 9, "layout": "quadrants", "max_shapes": 4},
+                             "6333d5c1a45b8ee9"),
 }
 
 
@@ -369,3 +374,228 @@ def test_generated_rows_are_frozen_for_a_seed(name):
     text = json.dumps(data, sort_keys=True, default=str)
     assert hashlib.sha256(text.encode()).hexdigest()[:16] == expected, (
         f"GlyphQA rows for {name!r} changed (first row: {data[0]})")
+
+
+# ------------------------------------------------------------------- survivors of the mutation run (issue 19)
+# Each test below guards behaviour a user relies on; together they kill the mutants of adaptune/data/glyphqa.py
+# that the earlier tests let through (the rest, with the reason each survives, are in tests/mutation/equivalent.md).
+
+REGULAR_FONT = "DejaVuSans.ttf"  # narrower digits than the default DejaVuSans-Bold: a font that is not the default
+
+
+def _one_shape(**overrides) -> GlyphQAConfig:
+    """A config with only circles and one shape per image (no out-area rule), for exact geometric edges."""
+    return small_config(**{"shapes": ("circle",), "min_shapes": 1, "max_shapes": 1, **overrides})
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    ({"coarse_qtypes": ("colour",)}, "coarse_qtypes=('colour',): need distinct names from "
+                                     + ", ".join(COARSE_QTYPES)),
+    ({"layout": "quadrants", "max_shapes": 5},
+     "max_shapes=5: layout='quadrants' holds at most 4 shapes (one per quadrant)"),
+    ({"max_shapes": 2, "big_radius": (10.0, 12.0)},
+     "big_radius=(10.0, 12.0): the big shape must out-area every small_radius=(8.0, 13.0) shape"),
+    ({"big_radius": (19.0, 60.0)}, "big_radius=(19.0, 60.0): a shape of bounding radius 75.0 px cannot sit on any "
+                                   "patch centre of a 128 px canvas"),  # the triangle's bound: 1.25 x 60
+    ({"digit_px": 15}, "digit_px=15: the digit ({extent} px) is too large for one 16 px patch"),
+    ({"patch_size": 1}, "digit_px=7: the digit ({extent} px) is too large for one 1 px patch"),  # not image_size
+])
+def test_refusals_name_the_field_its_value_and_the_bound(overrides: dict, message: str) -> None:
+    """The whole message of each refusal: the field, its value, and the bound it broke (with the numbers)."""
+    message = message.replace("{extent}", "%dx%d" % digit_extent(overrides.get("digit_px", 7)))
+    with pytest.raises(ValueError, match="GlyphQAConfig." + re.escape(message)):
+        small_config(**overrides)
+
+
+def test_geometric_edges_are_accepted() -> None:
+    """Edge values that are valid: a canvas of exactly one patch, any positive radius, a digit exactly
+    patch_size - 2 px tall (a 1 px rim on each side)."""
+    one_patch = small_config(image_size=16, patch_size=16, digit_px=5, shapes=("circle",), big_radius=(6.0, 6.0),
+                             min_shapes=1, max_shapes=1, center_jitter=0)
+    row = build_split(one_patch, "train", num_images=1)[0]
+    assert row["image"].size == (16, 16) and (row["digit_x"], row["digit_y"]) == (8, 8)
+    small_config(small_radius=(0.5, 8.0))
+    assert max(digit_extent(14)) == 14 and small_config(digit_px=14).digit_px == 14
+
+
+def test_the_digit_and_its_rim_must_fit_inside_the_smallest_big_shape_exactly_at_the_edge() -> None:
+    """The digit plus a 1 px rim must fit the inradius of the big shape at its smallest radius (big_radius[0]):
+    exactly fitting is accepted, a little less is refused with the numbers."""
+    width, height = digit_extent(7)
+    edge = math.hypot(width / 2 + 1, height / 2 + 1)  # 6.36 for the 7x7 px default digit
+    _one_shape(big_radius=(edge, 20.0))
+    below = math.floor(edge * 10 - 1e-9) / 10  # less than 0.1 px short; the largest radius (20) would hold it
+    with pytest.raises(ValueError, match=re.escape(
+            f"GlyphQAConfig.digit_px=7: the digit ({width}x{height} px) is too large to fit inside a circle of radius "
+            f"{below} (inradius {below:.1f} px); lower digit_px or raise big_radius")):
+        _one_shape(big_radius=(below, 20.0))
+
+
+def test_a_large_digit_must_fit_inside_the_big_shape_in_the_chosen_font() -> None:
+    """With large digits (2x the small glyph of the configured font) the same rule holds for the large glyph."""
+    width, height = (2 * v for v in digit_extent(7, REGULAR_FONT))
+    assert digit_extent(7, REGULAR_FONT) != digit_extent(7)  # the default font's digits are wider
+    edge = math.hypot(width / 2 + 1, height / 2 + 1)  # 10.63 for the 12x14 px large digit
+    _one_shape(font=REGULAR_FONT, large_digit_fraction=0.5, big_radius=(edge, 20.0))
+    below = math.floor(edge * 10 - 1e-9) / 10
+    with pytest.raises(ValueError, match=re.escape(
+            f"GlyphQAConfig.large_digit_fraction=0.5: a large digit ({width}x{height} px, twice digit_px=7) does not "
+            f"fit inside a circle of radius {below} (inradius {below:.1f} px); lower digit_px or raise big_radius")):
+        _one_shape(font=REGULAR_FONT, large_digit_fraction=0.5, big_radius=(below, 20.0))
+
+
+def test_a_large_digit_needs_a_half_resolution_patch_centre_for_the_big_shape() -> None:
+    """On a 64 px canvas the half-resolution patch centres are 16 and 48: a circle of bound 15 fits there (and
+    every large digit lands on one); a circle of bound 21 fits only full-resolution centres and is refused."""
+    fits = _one_shape(image_size=64, big_radius=(14.0, 14.0), center_jitter=0, large_digit_fraction=1.0)
+    rows = build_split(fits, "train", num_images=4)
+    assert set(rows["digit_size"]) == {"large"} and set(rows["digit_x"]) | set(rows["digit_y"]) <= {16, 48}
+    _one_shape(image_size=64, big_radius=(20.0, 20.0), center_jitter=0)  # fine without large digits
+    with pytest.raises(ValueError, match=re.escape(
+            "GlyphQAConfig.large_digit_fraction=0.5: the big shape fits on no half-resolution patch centre of a 64 px "
+            "canvas; lower big_radius or raise image_size")):
+        _one_shape(image_size=64, big_radius=(20.0, 20.0), center_jitter=0, large_digit_fraction=0.5)
+
+
+def test_the_big_shape_takes_every_jitter_offset_while_the_digit_still_fits() -> None:
+    """The big shape moves up to center_jitter px off the digit's centre in both axes; the offset is dropped only
+    when the digit plus its 1 px rim would leave the shape. With a circle exactly large enough for the largest
+    offset (in the configured font), every offset, the four corners included, occurs."""
+    jitter = 2
+    width, height = digit_extent(7, REGULAR_FONT)
+    radius = math.hypot(width / 2 + 1 + jitter, height / 2 + 1 + jitter)
+    cfg = _one_shape(font=REGULAR_FONT, center_jitter=jitter, big_radius=(radius, radius))
+    offsets = set()
+    for index in range(300):
+        scene = sample_scene(cfg, rng_for("glyphqa", cfg.seed, "train", index))
+        big = scene.shapes[0]
+        offsets.add((big.x - scene.digit_center[0], big.y - scene.digit_center[1]))
+    span = range(-jitter, jitter + 1)
+    assert offsets == {(dx, dy) for dx in span for dy in span}
+
+
+def _fixed_scene(large: bool, center: tuple[int, int]) -> GlyphScene:
+    """One red circle of radius 24 centred on the digit, on a light grey background, white ink."""
+    circle = Shape("circle", "red", center[0], center[1], 24.0, (200, 30, 30))
+    return GlyphScene((circle,), (250, 245, 240), 3, center, (255, 255, 255), large)
+
+
+def _check_digit_pixels(img: np.ndarray, glyph: np.ndarray, left: int, top: int, scene: GlyphScene) -> None:
+    """Full-ink glyph pixels are the ink, ink-free ones the fill, as is a 3 px ring around the glyph's box; the
+    canvas corners are the background."""
+    ink, fill = np.array(scene.ink), np.array(scene.shapes[0].fill)
+    h, w = glyph.shape
+    box = img[top: top + h, left: left + w]
+    assert (box[glyph == 255] == ink).all() and (box[glyph == 0] == fill).all()
+    ring = img[top - 3: top + h + 3, left - 3: left + w + 3].copy()
+    ring[3:-3, 3:-3] = fill
+    assert (ring == fill).all()
+    for y, x in ((0, 0), (0, -1), (-1, 0), (-1, -1)):
+        assert tuple(img[y, x]) == scene.background
+
+
+def test_a_small_digit_is_printed_in_the_configured_font_on_its_centre() -> None:
+    """render_scene stamps the small digit with the config's font, centred on the digit centre."""
+    cfg = small_config(font=REGULAR_FONT)
+    scene = _fixed_scene(False, (56, 72))
+    mask = digit_mask(3, 7, REGULAR_FONT)
+    left, top, _, _ = digit_box(56, 72, mask)
+    _check_digit_pixels(np.asarray(render_scene(scene, cfg)), np.asarray(mask), left, top, scene)
+
+
+def test_a_large_digit_is_the_small_glyph_doubled_on_a_half_resolution_centre() -> None:
+    """A large digit is each pixel of the small glyph (configured font) as a 2x2 block, placed so that the
+    half-resolution image holds the small glyph centred on the half of the digit centre."""
+    cfg = small_config(font=REGULAR_FONT)
+    scene = _fixed_scene(True, (48, 80))
+    mask = digit_mask(3, 7, REGULAR_FONT)
+    left, top, _, _ = digit_box(24, 40, mask)
+    doubled = np.repeat(np.repeat(np.asarray(mask), 2, axis=0), 2, axis=1)
+    _check_digit_pixels(np.asarray(render_scene(scene, cfg)), doubled, 2 * left, 2 * top, scene)
+
+
+def test_a_sampled_scene_is_drawn_on_its_light_background() -> None:
+    """The background colour a scene draws is the one painted: light (each channel within background_jitter of
+    255) and at every corner of the canvas (no shape reaches the corners)."""
+    cfg = small_config(background_jitter=60)
+    for index in range(5):
+        scene = sample_scene(cfg, rng_for("glyphqa", cfg.seed, "train", index))
+        assert len(scene.background) == 3 and all(195 <= c <= 255 for c in scene.background)
+        img = np.asarray(render_scene(scene, cfg))
+        assert {tuple(img[y, x]) for y in (0, -1) for x in (0, -1)} == {scene.background}
+
+
+def test_count_color_with_every_colour_present_asks_only_present_colours() -> None:
+    """With one colour every shape has it: no absent colour to ask about, and the count is every shape."""
+    rows = build_split(small_config(colors=("red",), coarse_qtypes=("count_color",)), "train", num_images=4)
+    for row in rows:
+        counts = [(q, a) for q, a, t in zip(row["questions"], row["answers"], row["qtypes"]) if t == "count_color"]
+        assert counts == [("How many red shapes are there?", str(len(row["objects"])))]
+
+
+def test_splits_of_one_row_and_no_fine_rows_are_built_and_named() -> None:
+    """A split of one image is kept (not omitted, not refused), fine_fraction=0 gives only coarse primary questions,
+    and each returned Dataset carries its split name."""
+    dsd = generate_glyphqa(small_config(num_images=1, num_validation=1, num_test=0, fine_fraction=0.0))
+    assert {name: len(ds) for name, ds in dsd.items()} == {"train": 1, "validation": 1}
+    assert {name: str(ds.split) for name, ds in dsd.items()} == {"train": "train", "validation": "validation"}
+    assert dsd["train"]["kind"] == dsd["validation"]["kind"] == ["coarse"]
+
+
+def test_heldout_mix_defaults_to_the_test_size_and_a_thirty_percent_fine_mix() -> None:
+    """heldout_mix(cfg): num_test rows, 30% of them fine; another split name also gets num_test rows unless
+    num_images says otherwise."""
+    cfg = small_config(num_test=10)
+    mix = heldout_mix(cfg)
+    assert len(mix) == 10 and mix["kind"].count("fine") == 3
+    other = heldout_mix(cfg, split="holdout")
+    assert len(other) == 10 and other[0]["id"] == "glyphqa-s3-holdout-000000"
+    assert len(heldout_mix(cfg, num_images=4, split="holdout")) == 4
+    assert len(heldout_mix(cfg, num_images=4)) == 4
+
+
+@pytest.mark.parametrize("image_size", [144, 128])
+def test_the_biggest_shape_is_asked_left_or_right_only_off_the_midline(image_size: int) -> None:
+    """With an odd number of patches per side (144 px: 9 patches) the middle patch centre is the midline, and a big
+    shape there has no side: its left/right (top/bottom) question is not asked. A shape further than that from the
+    midline always gets both, and with an even number (128 px: 8 patches) no scene loses one."""
+    cfg = small_config(image_size=image_size, coarse_qtypes=("position_of_biggest",))
+    mid, skipped = image_size / 2, 0
+    for index in range(60):
+        scene = sample_scene(cfg, rng_for("glyphqa", cfg.seed, "train", index))
+        big = scene.shapes[0]
+        asked = {q.answer: q for q in scene_questions(scene, cfg, rng_for("glyphqa", cfg.seed, "q", index))
+                 if q.qtype == "position_of_biggest"}
+        for axis, sides in (("x", ("left", "right")), ("y", ("top", "bottom"))):
+            offset = getattr(big, axis) - mid
+            answer = [a for a in asked if a in sides]
+            if abs(offset) > cfg.center_jitter + 0.5:  # a whole-pixel patch centre is half a pixel off the midline
+                assert answer == [sides[0] if offset < 0 else sides[1]], (index, big)
+            else:
+                assert answer == [], (index, big)
+                skipped += 1
+    assert (skipped > 0) == (image_size == 144)  # the odd canvas did put big shapes on the middle patch
+
+
+def test_position_margin_zero_is_refused_and_one_never_compares_shapes_on_the_same_line() -> None:
+    """Left/right (above/below) is asked only about shapes whose centres differ on that axis: a margin of 0 would
+    let two shapes with the same x be asked "left or right of" each other (answered "right"), so it is refused."""
+    from adaptune.data.glyphqa import _position_questions
+
+    with pytest.raises(ValueError, match=r"GlyphQAConfig\.position_margin=0: must be >= 1 \(shapes on one line have "
+                                         r"no left or right\)"):
+        small_config(position_margin=0)
+    cfg = small_config(position_margin=1, coarse_qtypes=("relative_position",), max_position_questions=50)
+    asked = 0
+    for index in range(60):
+        scene = sample_scene(cfg, rng_for("glyphqa", cfg.seed, "train", index))
+        by_name = {f"{s.color} {s.kind}": s for s in scene.shapes}
+        for q in _position_questions(scene.shapes, cfg, rng_for("glyphqa", cfg.seed, "train", index, stream=1)):
+            words = q.question.rstrip("?").split()
+            a, b = by_name[" ".join(words[2:4])], by_name[" ".join(words[-2:])]
+            axis = "x" if q.answer in ("left", "right") else "y"
+            assert getattr(a, axis) != getattr(b, axis), (index, q)
+            assert q.answer == ({"x": "left", "y": "above"}[axis] if getattr(a, axis) < getattr(b, axis) else
+                                {"x": "right", "y": "below"}[axis]), (index, q)
+            asked += 1
+    assert asked > 0

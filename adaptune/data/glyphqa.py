@@ -107,7 +107,8 @@ class GlyphQAConfig:
     center_jitter: int = field(default=2, metadata={"help": "Max px the big shape moves off the digit's patch centre."})
     color_jitter: int = field(default=12, metadata={"help": "Max per-channel deviation from the palette colour."})
     background_jitter: int = field(default=20, metadata={"help": "Background channels drawn from [255-j, 255]."})
-    position_margin: int = field(default=10, metadata={"help": "Min centre offset (px) for a position question."})
+    position_margin: int = field(default=10, metadata={"help": "Min centre offset (px, >= 1) for a relative "
+                                                               "position question."})
     max_position_questions: int = field(default=2, metadata={"help": "Position questions per image, at most."})
     large_digit_fraction: float = field(default=0.0, metadata={
         "help": "Share of images (a per-image draw) whose digit is drawn large (the small glyph scaled 2x on a "
@@ -132,9 +133,11 @@ def _fail(name: str, value: Any, why: str) -> None:
 def _validate(cfg: GlyphQAConfig) -> None:
     if cfg.num_images < 1:
         _fail("num_images", cfg.num_images, "need at least one sample in the train split")
-    for name in ("num_validation", "num_test", "center_jitter", "position_margin", "max_position_questions"):
+    for name in ("num_validation", "num_test", "center_jitter", "max_position_questions"):
         if getattr(cfg, name) < 0:
             _fail(name, getattr(cfg, name), "must be >= 0")
+    if cfg.position_margin < 1:  # at 0, two shapes on the same line would be asked "left or right of" each other
+        _fail("position_margin", cfg.position_margin, "must be >= 1 (shapes on one line have no left or right)")
     if not 0.0 <= cfg.fine_fraction <= 1.0:
         _fail("fine_fraction", cfg.fine_fraction, "must be a fraction in [0, 1]")
     if not 0.0 <= cfg.large_digit_fraction <= 1.0:
@@ -296,12 +299,18 @@ def scene_questions(scene: GlyphScene, cfg: GlyphQAConfig, rng: np.random.Genera
         qs.append(Question("What color is the biggest shape?", big.color, "coarse", "color_of_biggest"))
     if "shape_of_biggest" in wanted:
         qs.append(Question("What shape is the biggest object?", big.kind, "coarse", "shape_of_biggest"))
-    if "position_of_biggest" in wanted:  # the big shape is centred on a patch centre, never on the midline
-        mid = cfg.image_size / 2
-        qs.append(Question("Is the biggest shape on the left or on the right?", "left" if big.x < mid else "right",
-                           "coarse", "position_of_biggest"))
-        qs.append(Question("Is the biggest shape at the top or at the bottom?", "top" if big.y < mid else "bottom",
-                           "coarse", "position_of_biggest"))
+    if "position_of_biggest" in wanted:
+        # The big shape is centred (up to the jitter) on a patch centre. With an even number of patches per side no
+        # patch centre is near the midline; with an odd one the middle patch's is on it (half a pixel off: centres
+        # are whole pixels), and a shape there has no side. So a side is asked only further than that from the
+        # midline.
+        mid, near = cfg.image_size / 2, cfg.center_jitter + 0.5
+        if abs(big.x - mid) > near:
+            qs.append(Question("Is the biggest shape on the left or on the right?",
+                               "left" if big.x < mid else "right", "coarse", "position_of_biggest"))
+        if abs(big.y - mid) > near:
+            qs.append(Question("Is the biggest shape at the top or at the bottom?",
+                               "top" if big.y < mid else "bottom", "coarse", "position_of_biggest"))
     if "count_color" in wanted:
         present = [c for c in cfg.colors if c in colors]
         absent = [c for c in cfg.colors if c not in colors]
