@@ -3,8 +3,9 @@
 #   bash benchmarks/gpu.sh            -> benchmarks/results/gpu_bench.json  (< 10 minutes on one H200)
 #   bash benchmarks/gpu.sh fsdp       -> benchmarks/results/fsdp_check.json (FSDP 2 through accelerate on the visible
 #                                        GPUs: the gathered adapters against a plain run; ~2 minutes on one GPU)
-# adaptune's other needs (trl, datasets, omegaconf, httpx2; fastapi/uvicorn/openai/pydantic for `transformers serve`)
-# travel as wheels in .whl/ when the machine lacks them (docs/scaling.md says how they were fetched).
+# adaptune's other needs (trl, datasets, omegaconf, httpx2; fastapi/uvicorn/openai/pydantic for `transformers serve`;
+# transformers itself where the machine's is older than 5.24, adaptune's floor) travel as wheels in .whl/ when the
+# machine lacks them (docs/scaling.md says how they were fetched).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-benchmarks/results}"
