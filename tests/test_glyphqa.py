@@ -554,27 +554,34 @@ def test_heldout_mix_defaults_to_the_test_size_and_a_thirty_percent_fine_mix() -
     assert len(heldout_mix(cfg, num_images=4)) == 4
 
 
-@pytest.mark.parametrize("image_size", [144, 128])
-def test_the_biggest_shape_is_asked_left_or_right_only_off_the_midline(image_size: int) -> None:
-    """With an odd number of patches per side (144 px: 9 patches) the middle patch centre is the midline, and a big
-    shape there has no side: its left/right (top/bottom) question is not asked. A shape further than that from the
-    midline always gets both, and with an even number (128 px: 8 patches) no scene loses one."""
-    cfg = small_config(image_size=image_size, coarse_qtypes=("position_of_biggest",))
-    mid, skipped = image_size / 2, 0
-    for index in range(60):
+@pytest.mark.parametrize(("image_size", "patch_size", "edge"), [(144, 16, 2.0), (117, 9, 2.5), (128, 16, 6.0),
+                                                                   (160, 10, 3.0)])
+def test_the_biggest_shape_is_asked_left_or_right_only_off_the_midline(image_size: int, patch_size: int,
+                                                                      edge: float) -> None:
+    """With an odd number of patches per side (144 / 16, 117 / 9) the middle patch centre is on the midline (117 px:
+    half a pixel off it, centres are whole pixels), and a big shape there has no side: its left/right (top/bottom)
+    question is not asked. A shape further than the jitter plus that half pixel from the midline always gets it, so
+    with an even number of patches (128 / 16, 160 / 10) every scene gets both. `edge`: the smallest distance to the
+    midline the scenes reach on that side of the rule (the middle patch's farthest jitter on odd canvases, the
+    neighbouring patches' nearest on even ones), so the rule's boundary is exercised."""
+    cfg = small_config(image_size=image_size, patch_size=patch_size, coarse_qtypes=("position_of_biggest",))
+    mid, near, skipped, distances = image_size / 2, cfg.center_jitter + 0.5, 0, set()
+    for index in range(300):
         scene = sample_scene(cfg, rng_for("glyphqa", cfg.seed, "train", index))
         big = scene.shapes[0]
-        asked = {q.answer: q for q in scene_questions(scene, cfg, rng_for("glyphqa", cfg.seed, "q", index))
-                 if q.qtype == "position_of_biggest"}
+        asked = [q.answer for q in scene_questions(scene, cfg, rng_for("glyphqa", cfg.seed, "q", index))
+                 if q.qtype == "position_of_biggest"]
         for axis, sides in (("x", ("left", "right")), ("y", ("top", "bottom"))):
             offset = getattr(big, axis) - mid
+            distances.add(abs(offset))
             answer = [a for a in asked if a in sides]
-            if abs(offset) > cfg.center_jitter + 0.5:  # a whole-pixel patch centre is half a pixel off the midline
+            if abs(offset) > near:
                 assert answer == [sides[0] if offset < 0 else sides[1]], (index, big)
             else:
                 assert answer == [], (index, big)
                 skipped += 1
-    assert (skipped > 0) == (image_size == 144)  # the odd canvas did put big shapes on the middle patch
+    assert (skipped > 0) == (image_size % (2 * patch_size) != 0)  # odd patch counts put big shapes on the middle
+    assert (max(d for d in distances if d <= near) if skipped else min(distances)) == edge
 
 
 def test_position_margin_zero_is_refused_and_one_never_compares_shapes_on_the_same_line() -> None:

@@ -139,6 +139,13 @@ def test_alpha_goes_on_white_and_other_modes_convert():
     assert to_rgb(Image.new("CMYK", (1, 1), (0, 0, 0, 0))).mode == "RGB"
 
 
+def test_a_mode_pil_cannot_convert_is_an_input_error_naming_the_row():
+    """Premultiplied "La" (only `Image.new` makes one) has no conversion to RGB in PIL: a clear InputError, not
+    PIL's ValueError from inside a data loader."""
+    with pytest.raises(InputError, match=r"^row 7: cannot convert a 'La' image to RGB \(.*La.*\)$"):
+        prepare_image(Image.new("La", (4, 4)), 7)
+
+
 def test_aspect_limit_is_inclusive_and_named():
     policy = InputPolicy(max_aspect=4.0, min_side=1)
     assert prepare_image(Image.new("RGB", (8, 2)), policy=policy).size == (8, 2)

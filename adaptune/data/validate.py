@@ -103,7 +103,11 @@ def to_rgb(image: Image.Image) -> Image.Image:
 def prepare_image(obj: Any, row: Any = None, policy: InputPolicy = InputPolicy()) -> Image.Image:
     """Open, check and convert one image (see the module docstring for what is converted and what is refused)."""
     where = _where(row)
-    image = to_rgb(_open(obj, where, policy))
+    image = _open(obj, where, policy)
+    try:
+        image = to_rgb(image)
+    except (ValueError, OSError) as exc:  # a mode PIL cannot convert (premultiplied "La", say)
+        raise InputError(f"{where}: cannot convert a {image.mode!r} image to RGB ({exc})") from None
     w, h = image.size
     if w < 1 or h < 1:
         raise InputError(f"{where}: empty image ({w}x{h})")
