@@ -57,16 +57,22 @@ LEVERS = {
     "flex-3x-uniform-pbnorm": ([4, 9, 16], [1.0, 1.0, 1.0], 3, True),
     "flex-distill": ([4, 9, 16], [2.0, 3.0, 5.0], 1, False),  # + KL to fixedN's answer logits at budget N
 }
-LEVER_NOTES = {
-    "flex": "2:3:5, 1x steps (baseline)",
-    "flex-uniform": "1:1:1, 1x steps",
-    "flex-small": "5:3:2 (small-heavy), 1x steps",
-    "flex-3x": "2:3:5, 3x steps",
-    "flex-3x-uniform": "1:1:1, 3x steps (equal exposure)",
-    "flex-pbnorm": "2:3:5, 1x steps, per-budget norm",
-    "flex-3x-uniform-pbnorm": "1:1:1, 3x steps, per-budget norm",
-    "flex-distill": "2:3:5, 1x steps, + KL to fixedN at N",
-}
+
+
+def run_spec(name: str) -> tuple[list[int], list[float], int, bool]:
+    """(budgets, weights, steps multiplier, per_budget_norm) of a CONFIGS or LEVERS name."""
+    return LEVERS[name] if name in LEVERS else (*CONFIGS[name], 1, False)
+
+
+def lever_note(name: str) -> str:
+    """What a flexible run changes, read off its spec: budget weights, steps, the per-budget norm, KL."""
+    _, weights, mult, per_budget_norm = run_spec(name)
+    parts = [":".join(f"{w:g}" for w in weights), f"{mult}x steps"]
+    if per_budget_norm:
+        parts.append("per-budget norm")
+    if name == "flex-distill":
+        parts.append("+ KL to fixedN at N")
+    return ", ".join(parts)
 
 
 def distill_objective(teachers: dict[int, Path], alpha: float):
@@ -164,7 +170,7 @@ def run_one(name: str, args: argparse.Namespace, task_name: str, base_task: str)
                 "task": {"name": base_task, "params": common}, "adapter": {"method": "none"},
                 "training": {"max_steps": 0, "eval_limit": args.eval_n, "seed": args.seed}}  # seed picks the data
     else:
-        budgets, weights, mult, per_budget_norm = LEVERS[name] if name in LEVERS else (*CONFIGS[name], 1, False)
+        budgets, weights, mult, per_budget_norm = run_spec(name)
         steps = args.steps * mult
         params = {"budgets": budgets, "budget_weights": weights}
         if per_budget_norm:
@@ -304,7 +310,7 @@ def lever_summary(files: list[str]) -> tuple[dict, str]:
         have = [r for r in results if n in r["runs"]]
         if not have:
             continue
-        entry = {"note": LEVER_NOTES[n], "steps": have[0]["runs"][n].get("steps"),
+        entry = {"note": lever_note(n), "steps": have[0]["runs"][n].get("steps"),
                  "seeds": [r["meta"]["seed"] for r in have], "budgets": {}}
         for b in BUDGETS:
             acc = [r["runs"][n][f"eval/b{b}/accuracy"] for r in have]

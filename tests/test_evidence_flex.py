@@ -73,7 +73,7 @@ def test_lever_table_gaps_are_paired_per_seed_and_missing_levers_name_their_seed
     lever = summary["levers"]["flex-3x-uniform"]
     assert lever["seeds"] == [0] and lever["steps"] == 900
     assert lever["budgets"][4]["gap_to_fixed"]["mean"] == pytest.approx(0.0)
-    assert "| flex-3x-uniform (1:1:1, 3x steps (equal exposure)) | 900 | 0 |" in md
+    assert "| flex-3x-uniform (1:1:1, 3x steps) | 900 | 0 |" in md
     assert "-0.070 +- 0.042" in md
     # seed 1 has no fixed9: the fixed row and flex's gap at 9 are over seed 0 only, and say so
     assert summary["fixed"][9]["seeds"] == [0] and "| 0.750 +- 0.071 | 0.700 (1) | 0.720 +- 0.028 |" in md
